@@ -1,0 +1,168 @@
+"""Diffusion-LM adapters: one small interface over Dream, LLaDA and any HF masked LM.
+
+A ``DiffusionLM`` knows its tokenizer, its mask / end-of-sequence ids, how to turn prompts into
+token ids (chat template when the tokenizer has one) and how to produce per-position logits for
+a left-padded canvas ``(B, S)`` with ``attention_mask`` and ``position_ids``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def check_remote_code(path: str, trust_remote_code: bool) -> None:
+    """Fail with a clear message, before loading weights, when ``path`` needs remote code."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ValueError(
+                f"{path} ships its own modelling code; loading it runs that code. If you trust it, pass "
+                f"trust_remote_code=True (CLI: --model.init_args.trust_remote_code true)."
+            ) from None
+        raise
+
+
+class DiffusionLM(nn.Module):
+    """A frozen masked diffusion language model.
+
+    Subclasses set ``shift_logits`` (Dream predicts token i at position i-1) and may override
+    ``forward_logits`` when their model takes its inputs differently.
+    """
+
+    shift_logits: bool = False
+
+    def __init__(self, model: nn.Module, tokenizer, *, mask_id: int | None = None, name: str | None = None):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        mask_id = tokenizer.mask_token_id if mask_id is None else mask_id
+        if mask_id is None:
+            mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
+        if mask_id is None:
+            raise ValueError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no mask token and none was given: "
+                "a masked diffusion LM needs one (pass mask_id=...)"
+            )
+        self.mask_id = int(mask_id)
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if eos is None:
+            raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has neither an EOS nor a SEP token")
+        self.eos_id = int(eos)
+        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
+        stops = {self.eos_id, self.pad_id}
+        for extra in ("<|im_end|>", "<|eot_id|>"):
+            tid = tokenizer.convert_tokens_to_ids(extra) if extra in tokenizer.get_vocab() else None
+            if tid is not None:
+                stops.add(int(tid))
+        stops.discard(self.mask_id)
+        self.stop_ids = tuple(sorted(stops))
+        self.vocab_size = int(self._output_vocab())
+        self.name = name or getattr(tokenizer, "name_or_path", type(model).__name__)
+
+    def _output_vocab(self) -> int:
+        emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if emb is not None and hasattr(emb, "weight"):
+            return emb.weight.shape[0]
+        return self.model.config.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt, through the chat template when the tokenizer has one."""
+        tok = self.tokenizer
+        out = []
+        for p in prompts:
+            if getattr(tok, "chat_template", None):
+                text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True)
+                out.append(tok(text, add_special_tokens=False)["input_ids"])
+            else:
+                out.append(tok(p)["input_ids"])
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+
+    def forward_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+
+    @torch.no_grad()
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        """(B, S, V) logits predicting the token at each position of the canvas (B, S)."""
+        out = self.forward_logits(input_ids, attention_mask, position_ids)
+        if self.shift_logits:
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)  # (B, S, V): position i reads i-1
+        return out
+
+
+class MaskedLM(DiffusionLM):
+    """Any ``AutoModelForMaskedLM`` (BERT, ModernBERT, ...) used as a masked diffusion LM."""
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        trust_remote_code: bool = False) -> "MaskedLM":
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        check_remote_code(path, trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(model.to(device), tok, name=path)
+
+    def forward_logits(self, input_ids, attention_mask, position_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                          position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids)).logits
+
+
+class DreamLM(DiffusionLM):
+    """Dream (e.g. Dream-org/Dream-v0-Instruct-7B): logits shifted right by one position.
+
+    Dream's modelling code takes a boolean (B, 1, S, S) attention mask; we mask padded keys only,
+    so that padded queries still see real keys (no NaN rows), and pass explicit position ids.
+    """
+
+    shift_logits = True
+
+    @classmethod
+    def from_pretrained(cls, path: str = "Dream-org/Dream-v0-Instruct-7B", *, dtype: torch.dtype = torch.bfloat16,
+                        device: str = "cpu", trust_remote_code: bool = False) -> "DreamLM":
+        from transformers import AutoModel, AutoTokenizer
+
+        check_remote_code(path, trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(model.to(device), tok, name=path)
+
+    def forward_logits(self, input_ids, attention_mask, position_ids):
+        if getattr(self.model.config, "model_type", "") != "Dream":
+            return super().forward_logits(input_ids, attention_mask, position_ids)
+        keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, input_ids.shape[1], -1)  # (B, 1, S, S)
+        return self.model(input_ids, attention_mask=keys, position_ids=position_ids).logits
+
+
+class LLaDALM(DiffusionLM):
+    """LLaDA (e.g. GSAI-ML/LLaDA-8B-Instruct): no shift; mask id from the tokenizer or config
+    (126336 for LLaDA-8B). LLaDA's modelling code takes no position ids, so left-padded batches
+    are exact only when prompts have equal length; use batch_size 1 for strict batch invariance."""
+
+    @classmethod
+    def from_pretrained(cls, path: str = "GSAI-ML/LLaDA-8B-Instruct", *, dtype: torch.dtype = torch.bfloat16,
+                        device: str = "cpu", trust_remote_code: bool = False,
+                        mask_id: int | None = None) -> "LLaDALM":
+        from transformers import AutoModel, AutoTokenizer
+
+        check_remote_code(path, trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if mask_id is None and tok.mask_token_id is None:
+            mask_id = getattr(model.config, "mask_token_id", None) or 126336
+        return cls(model.to(device), tok, mask_id=mask_id, name=path)
+
+    def forward_logits(self, input_ids, attention_mask, position_ids):
+        if getattr(self.model.config, "model_type", "") != "llada":
+            return super().forward_logits(input_ids, attention_mask, position_ids)
+        return self.model(input_ids, attention_mask=attention_mask.long()).logits

@@ -1,0 +1,94 @@
+"""Token sampling and commit confidences over (N, V) logits, in row chunks.
+
+Randomness comes in as one uniform per row (``u``), so the draw is inverse-CDF sampling of the
+(top-p / top-k filtered) distribution: batch-invariant and device-invariant by construction.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_ELEMENTS = 1 << 22  # rows per chunk = this / V: bounds the transient (rows, V) buffers
+
+
+def _chunks(n: int, v: int):
+    rows = max(1, CHUNK_ELEMENTS // max(v, 1))
+    for r0 in range(0, n, rows):
+        yield slice(r0, min(n, r0 + rows))
+
+
+def _filtered_probs(logits: Tensor, temperature: float, top_p: float, top_k: int | None):
+    """Probabilities after temperature and top-p / top-k, renormalised. Returns (probs, order)
+    where order is the descending sort permutation when a filter needed one, else None;
+    probs are then in sorted order."""
+    z = logits.float()
+    if temperature > 0:
+        z = z / temperature
+    probs = torch.softmax(z, dim=-1)
+    if top_p >= 1.0 and top_k is None:
+        return probs, None
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if top_p < 1.0:
+        keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p     # always keeps the first token
+    if top_k is not None:
+        keep[:, top_k:] = False
+    sorted_p = sorted_p * keep
+    return sorted_p / sorted_p.sum(-1, keepdim=True), order
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    cdf = probs.cumsum(-1)                                   # (n, V)
+    target = u.to(cdf.dtype).clamp(max=1.0 - 2**-24).unsqueeze(1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=probs.shape[1] - 1)
+
+
+@torch.no_grad()
+def sample_tokens(logits: Tensor, u: Tensor, *, temperature: float, top_p: float = 1.0,
+                  top_k: int | None = None, confidence: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """Sample one token per row of ``logits`` (N, V) with uniforms ``u`` (N,).
+
+    ``temperature == 0`` takes the argmax. ``confidence`` (Dream's commit scores): "maskgit_plus"
+    (probability of the sampled token), "topk_margin" (top-1 minus top-2 probability), "entropy"
+    (sum p log p, higher = more certain), or None. Returns (tokens (N,), confidence (N,) or None).
+    """
+    n, v = logits.shape
+    tokens = torch.empty(n, dtype=torch.long, device=logits.device)
+    conf = torch.empty(n, dtype=torch.float32, device=logits.device) if confidence else None
+    for sl in _chunks(n, v):
+        probs, order = _filtered_probs(logits[sl], temperature, top_p, top_k)
+        if temperature > 0:
+            idx = _inverse_cdf(probs, u[sl])
+        else:
+            idx = probs.argmax(-1)
+        tokens[sl] = idx if order is None else order.gather(1, idx[:, None]).squeeze(1)
+        if confidence is not None:
+            conf[sl] = _confidence(probs, idx, confidence)
+    return tokens, conf
+
+
+def _confidence(probs: Tensor, idx: Tensor, kind: str) -> Tensor:
+    if kind == "maskgit_plus":
+        return probs.gather(1, idx[:, None]).squeeze(1)
+    if kind == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+    if kind == "entropy":
+        return -torch.special.entr(probs).sum(-1)
+    raise ValueError(f"unknown confidence {kind!r}")
+
+
+@torch.no_grad()
+def confidence_of(logits: Tensor, tokens: Tensor, kind: str, *, temperature: float, top_p: float = 1.0,
+                  top_k: int | None = None) -> Tensor:
+    """Commit confidence of given ``tokens`` (N,) under ``logits`` (N, V)."""
+    n, v = logits.shape
+    conf = torch.empty(n, dtype=torch.float32, device=logits.device)
+    for sl in _chunks(n, v):
+        probs, order = _filtered_probs(logits[sl], temperature, top_p, top_k)
+        if order is None:
+            idx = tokens[sl]
+        else:
+            idx = torch.argsort(order, dim=-1).gather(1, tokens[sl, None]).squeeze(1)
+        conf[sl] = _confidence(probs, idx, kind)
+    return conf

@@ -1,0 +1,9 @@
+from guidance.base import Guidance
+
+
+class EntRGi(Guidance):
+    """Entropy-aware reward guidance: each masked token enters the reward model as
+    (1 - w) soft + w hard with w = H(softmax(phi / tau_H)) / log V (arXiv 2602.05000)."""
+
+    gate = "entropy"
+    name = "entrgi"

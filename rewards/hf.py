@@ -1,0 +1,123 @@
+"""HFRewardModel: a Hugging Face sequence-classification reward model (e.g. Skywork-Reward-V2).
+
+The RM reads ``[prefix | response | suffix]`` where prefix and suffix come from its own chat
+template rendered around the response, tokenised once per prompt and cached. ``score_embeds``
+packs each row without gaps (right padding, explicit position ids) and reads the score at the
+last real token, exactly as ``score_text`` does for discrete text, which goes through the very
+same path with the embeddings of its token ids. So on one-hot inputs the two agree.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rewards.base import RewardAdapter, RewardContext
+
+_SENTINEL = "\u2063ENTRGI_RESPONSE\u2063"
+
+
+class HFRewardModel(RewardAdapter):
+    def __init__(self, model, tokenizer, *, min_coverage: float = 0.95, name: str | None = None):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.min_coverage = min_coverage
+        self.name = name or getattr(tokenizer, "name_or_path", type(model).__name__)
+        self.backbone = model.base_model
+        self.head = getattr(model, "score", None) or getattr(model, "classifier", None)
+        if self.head is None:
+            raise ValueError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
+        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        trust_remote_code: bool = False, min_coverage: float = 0.95) -> "HFRewardModel":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from entrgi_core.models import check_remote_code
+
+        check_remote_code(path, trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype,
+                                                                   trust_remote_code=trust_remote_code)
+        return cls(model.to(device), tok, min_coverage=min_coverage, name=path)
+
+    @property
+    def embedding_table(self) -> Tensor:
+        return self.model.get_input_embeddings().weight
+
+    # ----------------------------------------------------------------------- prompt parts
+
+    def _parts(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids of the chat template before and after the response, cached per prompt."""
+        if prompt not in self._cache:
+            tok = self.tokenizer
+            if getattr(tok, "chat_template", None):
+                text = tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}, {"role": "assistant", "content": _SENTINEL}],
+                    tokenize=False,
+                )
+                if text.count(_SENTINEL) != 1:
+                    raise ValueError(f"{self.name}: the chat template does not place the response exactly once")
+                prefix, suffix = text.split(_SENTINEL)
+            else:
+                prefix, suffix = prompt + "\n", ""
+            enc = lambda s: tok(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
+            self._cache[prompt] = (enc(prefix), enc(suffix))
+        return self._cache[prompt]
+
+    def prepare(self, prompts: list[str]) -> RewardContext:
+        parts = [self._parts(p) for p in prompts]
+        dev, table = self.device, self.embedding_table
+        pre_len = torch.tensor([len(a) for a, _ in parts], dtype=torch.long, device=dev)
+        suf_len = torch.tensor([len(b) for _, b in parts], dtype=torch.long, device=dev)
+        pre = torch.zeros(len(parts), max(1, int(pre_len.max())), dtype=torch.long, device=dev)
+        suf = torch.zeros(len(parts), max(1, int(suf_len.max())), dtype=torch.long, device=dev)
+        for i, (a, b) in enumerate(parts):
+            pre[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+            suf[i, : len(b)] = torch.tensor(b, dtype=torch.long)
+        with torch.no_grad():
+            data = dict(prefix=table[pre], prefix_len=pre_len, suffix=table[suf], suffix_len=suf_len)
+        return RewardContext(list(prompts), data)
+
+    # ----------------------------------------------------------------------- scoring
+
+    def score_embeds(self, ctx: RewardContext, embeds: Tensor, keep: Tensor) -> Tensor:
+        """Rewards (B,) for response embeddings (B, L, D) whose first keep.sum(1) positions count."""
+        d = ctx.data
+        b, length, dim = embeds.shape
+        a, s = d["prefix_len"], d["suffix_len"]                        # (B,)
+        r = keep.sum(1)                                                # (B,) response lengths
+        total = d["prefix"].shape[1] + length + d["suffix"].shape[1]
+        pos = torch.arange(total, device=embeds.device).expand(b, total)  # (B, T)
+        a_, r_, s_ = a[:, None], r[:, None], s[:, None]
+
+        def take(src: Tensor, idx: Tensor) -> Tensor:                  # src (B, n, D), idx (B, T)
+            idx = idx.clamp(0, src.shape[1] - 1)
+            return src.gather(1, idx[:, :, None].expand(-1, -1, dim))  # (B, T, D)
+
+        x = embeds.new_zeros(b, total, dim)
+        x = torch.where((pos < a_)[..., None], take(d["prefix"].to(embeds.dtype), pos), x)
+        in_resp = (pos >= a_) & (pos < a_ + r_)
+        x = torch.where(in_resp[..., None], take(embeds, pos - a_), x)
+        in_suf = (pos >= a_ + r_) & (pos < a_ + r_ + s_)
+        x = torch.where(in_suf[..., None], take(d["suffix"].to(embeds.dtype), pos - a_ - r_), x)
+        attention = (pos < a_ + r_ + s_).long()                         # (B, T) right padding
+        hidden = self.backbone(inputs_embeds=x, attention_mask=attention, position_ids=pos).last_hidden_state
+        last = (a + r + s - 1).clamp(min=0)                             # (B,) last real token
+        h = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (B, H)
+        return self.head(h)[:, 0].float()
+
+    @torch.no_grad()
+    def score_text(self, prompts: list[str], responses: list[str]) -> Tensor:
+        if len(prompts) != len(responses):
+            raise ValueError(f"score_text: {len(prompts)} prompts but {len(responses)} responses")
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in responses]
+        length = max(1, max(len(i) for i in ids))
+        dev = self.device
+        padded = torch.zeros(len(ids), length, dtype=torch.long, device=dev)
+        keep = torch.zeros(len(ids), length, dtype=torch.bool, device=dev)
+        for i, row in enumerate(ids):
+            padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            keep[i, : len(row)] = True
+        return self.score_embeds(self.prepare(prompts), self.embedding_table[padded], keep)
