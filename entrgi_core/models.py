@@ -25,22 +25,59 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
         raise
 
 
-class DiffusionLM(nn.Module):
-    """A frozen masked diffusion language model.
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """torch.dtype from a name ("bfloat16", "float32", ...) as written in YAML configs."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+    return value
 
-    Subclasses set ``shift_logits`` (Dream predicts token i at position i-1) and may override
+
+class DiffusionLM(nn.Module):
+    """A frozen masked diffusion language model, loaded from a hub name or local path.
+
+    ``DiffusionLM(path)`` loads tokenizer and weights (the typed constructor is the YAML config);
+    ``from_model(model, tokenizer)`` wraps objects already in memory. Subclasses pick the loader
+    (``auto_class``), set ``shift_logits`` (Dream predicts token i at position i-1) and may override
     ``forward_logits`` when their model takes its inputs differently.
     """
 
     shift_logits: bool = False
+    auto_class: str = "AutoModelForMaskedLM"
 
-    def __init__(self, model: nn.Module, tokenizer, *, mask_id: int | None = None, name: str | None = None):
+    def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                 mask_id: int | None = None):
         super().__init__()
+        import transformers
+
+        check_remote_code(path, trust_remote_code)
+        tok = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        loader = getattr(transformers, self.auto_class)
+        model = loader.from_pretrained(path, dtype=as_dtype(dtype), trust_remote_code=trust_remote_code)
+        self._setup(model, tok, self.default_mask_id(tok, model) if mask_id is None else mask_id, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | torch.device = "cpu", **kwargs) -> "DiffusionLM":
+        return cls(path, **kwargs).to(device)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer, *, mask_id: int | None = None, name: str | None = None):
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(model, tokenizer, cls.default_mask_id(tokenizer, model) if mask_id is None else mask_id, name)
+        return self
+
+    @staticmethod
+    def default_mask_id(tokenizer, model) -> int | None:
+        if tokenizer.mask_token_id is not None:
+            return tokenizer.mask_token_id
+        return getattr(getattr(model, "config", None), "mask_token_id", None)
+
+    def _setup(self, model: nn.Module, tokenizer, mask_id: int | None, name: str | None) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        mask_id = tokenizer.mask_token_id if mask_id is None else mask_id
-        if mask_id is None:
-            mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
         if mask_id is None:
             raise ValueError(
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no mask token and none was given: "
@@ -53,14 +90,14 @@ class DiffusionLM(nn.Module):
         self.eos_id = int(eos)
         self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
         stops = {self.eos_id, self.pad_id}
+        vocab = tokenizer.get_vocab()
         for extra in ("<|im_end|>", "<|eot_id|>"):
-            tid = tokenizer.convert_tokens_to_ids(extra) if extra in tokenizer.get_vocab() else None
-            if tid is not None:
-                stops.add(int(tid))
+            if extra in vocab:
+                stops.add(int(vocab[extra]))
         stops.discard(self.mask_id)
         self.stop_ids = tuple(sorted(stops))
         self.vocab_size = int(self._output_vocab())
-        self.name = name or getattr(tokenizer, "name_or_path", type(model).__name__)
+        self.name = name or getattr(tokenizer, "name_or_path", None) or type(model).__name__
 
     def _output_vocab(self) -> int:
         emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
@@ -103,16 +140,6 @@ class DiffusionLM(nn.Module):
 class MaskedLM(DiffusionLM):
     """Any ``AutoModelForMaskedLM`` (BERT, ModernBERT, ...) used as a masked diffusion LM."""
 
-    @classmethod
-    def from_pretrained(cls, path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        trust_remote_code: bool = False) -> "MaskedLM":
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-        check_remote_code(path, trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        return cls(model.to(device), tok, name=path)
-
     def forward_logits(self, input_ids, attention_mask, position_ids):
         return self.model(input_ids=input_ids, attention_mask=attention_mask.long(),
                           position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids)).logits
@@ -126,16 +153,11 @@ class DreamLM(DiffusionLM):
     """
 
     shift_logits = True
+    auto_class = "AutoModel"
 
-    @classmethod
-    def from_pretrained(cls, path: str = "Dream-org/Dream-v0-Instruct-7B", *, dtype: torch.dtype = torch.bfloat16,
-                        device: str = "cpu", trust_remote_code: bool = False) -> "DreamLM":
-        from transformers import AutoModel, AutoTokenizer
-
-        check_remote_code(path, trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        return cls(model.to(device), tok, name=path)
+    def __init__(self, path: str = "Dream-org/Dream-v0-Instruct-7B", *, dtype: str = "bfloat16",
+                 trust_remote_code: bool = False, mask_id: int | None = None):
+        super().__init__(path, dtype=dtype, trust_remote_code=trust_remote_code, mask_id=mask_id)
 
     def forward_logits(self, input_ids, attention_mask, position_ids):
         if getattr(self.model.config, "model_type", "") != "Dream":
@@ -149,18 +171,15 @@ class LLaDALM(DiffusionLM):
     (126336 for LLaDA-8B). LLaDA's modelling code takes no position ids, so left-padded batches
     are exact only when prompts have equal length; use batch_size 1 for strict batch invariance."""
 
-    @classmethod
-    def from_pretrained(cls, path: str = "GSAI-ML/LLaDA-8B-Instruct", *, dtype: torch.dtype = torch.bfloat16,
-                        device: str = "cpu", trust_remote_code: bool = False,
-                        mask_id: int | None = None) -> "LLaDALM":
-        from transformers import AutoModel, AutoTokenizer
+    auto_class = "AutoModel"
 
-        check_remote_code(path, trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        if mask_id is None and tok.mask_token_id is None:
-            mask_id = getattr(model.config, "mask_token_id", None) or 126336
-        return cls(model.to(device), tok, mask_id=mask_id, name=path)
+    def __init__(self, path: str = "GSAI-ML/LLaDA-8B-Instruct", *, dtype: str = "bfloat16",
+                 trust_remote_code: bool = False, mask_id: int | None = None):
+        super().__init__(path, dtype=dtype, trust_remote_code=trust_remote_code, mask_id=mask_id)
+
+    @staticmethod
+    def default_mask_id(tokenizer, model) -> int | None:
+        return DiffusionLM.default_mask_id(tokenizer, model) or 126336
 
     def forward_logits(self, input_ids, attention_mask, position_ids):
         if getattr(self.model.config, "model_type", "") != "llada":

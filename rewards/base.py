@@ -35,7 +35,7 @@ class RewardAdapter(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._aligned: dict[int, tuple[VocabAlignment, Tensor]] = {}
+        self._aligned: dict[tuple, tuple[VocabAlignment, Tensor]] = {}
 
     @property
     def embedding_table(self) -> Tensor:  # (V_R, D)
@@ -49,7 +49,7 @@ class RewardAdapter(nn.Module):
         return self._align(dlm_tokenizer, vocab_size)[1]
 
     def _align(self, dlm_tokenizer, vocab_size):
-        key = (id(dlm_tokenizer), vocab_size)
+        key = (id(dlm_tokenizer), vocab_size, str(self.embedding_table.device))
         if key not in self._aligned:
             al = align_vocab(dlm_tokenizer, self.tokenizer, vocab_size=vocab_size, min_coverage=self.min_coverage)
             table = self.embedding_table.detach()

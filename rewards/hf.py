@@ -17,30 +17,43 @@ _SENTINEL = "\u2063ENTRGI_RESPONSE\u2063"
 
 
 class HFRewardModel(RewardAdapter):
-    def __init__(self, model, tokenizer, *, min_coverage: float = 0.95, name: str | None = None):
+    """``HFRewardModel(path)`` loads an ``AutoModelForSequenceClassification`` and its tokenizer
+    (hub name or local path); ``from_model(model, tokenizer)`` wraps objects in memory."""
+
+    def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                 min_coverage: float = 0.95):
         super().__init__()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from entrgi_core.models import as_dtype, check_remote_code
+
+        check_remote_code(path, trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=as_dtype(dtype),
+                                                                   trust_remote_code=trust_remote_code)
+        self._setup(model, tok, min_coverage, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | torch.device = "cpu", **kwargs) -> "HFRewardModel":
+        return cls(path, **kwargs).to(device)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, min_coverage: float = 0.95, name: str | None = None):
+        self = cls.__new__(cls)
+        RewardAdapter.__init__(self)
+        self._setup(model, tokenizer, min_coverage, name)
+        return self
+
+    def _setup(self, model, tokenizer, min_coverage, name):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.min_coverage = min_coverage
-        self.name = name or getattr(tokenizer, "name_or_path", type(model).__name__)
+        self.name = name or getattr(tokenizer, "name_or_path", None) or type(model).__name__
         self.backbone = model.base_model
         self.head = getattr(model, "score", None) or getattr(model, "classifier", None)
         if self.head is None:
             raise ValueError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        trust_remote_code: bool = False, min_coverage: float = 0.95) -> "HFRewardModel":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from entrgi_core.models import check_remote_code
-
-        check_remote_code(path, trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype,
-                                                                   trust_remote_code=trust_remote_code)
-        return cls(model.to(device), tok, min_coverage=min_coverage, name=path)
 
     @property
     def embedding_table(self) -> Tensor:

@@ -18,8 +18,8 @@ def test_dream_shift_and_llada_no_shift(dlm):
     pos = torch.arange(5)[None]
     raw = dlm.model(input_ids=ids, attention_mask=attn.long(), position_ids=pos,
                     token_type_ids=torch.zeros_like(ids)).logits          # (1, 5, V) by hand
-    dream = DreamLM(dlm.model, dlm.tokenizer)
-    llada = LLaDALM(dlm.model, dlm.tokenizer)
+    dream = DreamLM.from_model(dlm.model, dlm.tokenizer)
+    llada = LLaDALM.from_model(dlm.model, dlm.tokenizer)
     torch.testing.assert_close(dream.logits(ids, attn, pos)[:, 0], raw[:, 0])
     torch.testing.assert_close(dream.logits(ids, attn, pos)[:, 1:], raw[:, :-1])   # position i reads i-1
     torch.testing.assert_close(llada.logits(ids, attn, pos), raw)
@@ -134,7 +134,7 @@ def test_block_schedule_fills_blocks_in_order(dlm):
             type(self).seen.append(input_ids[0, -8:].clone())
             return super().forward_logits(input_ids, *a)
 
-    model = Recording(dlm.model, dlm.tokenizer)
+    model = Recording.from_model(dlm.model, dlm.tokenizer)
     res = generate(model, PROMPTS[:1], config=DenoiseConfig(steps=4, max_new_tokens=8, num_samples=1, block_length=4))
     assert res.rewards is None
     at_block_2 = Recording.seen[2]                     # canvas entering the second block's first step
@@ -182,12 +182,11 @@ def test_bad_prompts_fail_before_model_compute(rm):
     class Exploding(DiffusionLM):
         def forward_logits(self, *a):
             raise AssertionError("model ran")
-    from tests.tiny import BertForMaskedLM  # noqa: F401
     from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
     from transformers import BertConfig, BertForMaskedLM as B
     tok = build_dlm_tokenizer()
-    model = Exploding(B(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                                   intermediate_size=8)), tok)
+    model = Exploding.from_model(B(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1, intermediate_size=8)), tok)
     for prompts, msg in (([], "empty"), ([""], "prompt 0 is empty"), (["ok", "  "], "prompt 1 is empty"),
                          ("a string", "must be a list")):
         with pytest.raises(ValueError, match=msg):
@@ -204,7 +203,7 @@ def test_non_finite_logits_name_the_step(dlm, rm):
             out = super().forward_logits(*a)
             type(self).calls += 1
             return out * float("nan") if type(self).calls > 2 else out
-    bad = NaNAfter(dlm.model, dlm.tokenizer)
+    bad = NaNAfter.from_model(dlm.model, dlm.tokenizer)
     with pytest.raises(FloatingPointError, match="non-finite logits at denoising step 2"):
         generate(bad, PROMPTS[:1], config=SMALL)
 
@@ -212,7 +211,7 @@ def test_non_finite_logits_name_the_step(dlm, rm):
 def test_tokenizer_without_mask_token(dlm):
     from entrgi_core.tinyworld.tokenizers import build_rm_tokenizer
     with pytest.raises(ValueError, match="has no mask token"):
-        MaskedLM(dlm.model, build_rm_tokenizer())
+        MaskedLM.from_model(dlm.model, build_rm_tokenizer())
 
 
 def test_low_vocabulary_coverage_names_both_tokenizers(dlm):

@@ -1,0 +1,149 @@
+"""PromptDataModule: prompts from a JSONL / CSV file, an inline list or a Hugging Face dataset,
+each with a stable prompt id (the id field, or a hash of the text).
+
+Everything is read and validated on construction, so a bad prompt file fails before any model
+is loaded. ``skip_ids`` (set by the prediction writer when resuming) removes prompts already done.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+
+def text_id(text: str) -> str:
+    """Stable id of a prompt without an id field: 16 hex digits of its BLAKE2b hash."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+class _Prompts(Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _collate(items: list[dict]) -> dict:
+    return {"id": [it["id"] for it in items], "prompt": [it["prompt"] for it in items]}
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Args:
+        path: a .jsonl or .csv file of records.
+        prompts: an inline list of prompt strings (instead of ``path``).
+        dataset, split, subset: a Hugging Face dataset (needs the ``datasets`` package).
+        field: the record field holding the prompt. id_field: the field holding its id.
+        subset_size, shuffle_seed: a reproducible random subset of that many prompts.
+        limit: keep the first ``limit`` prompts (after the subset).
+        batch_size: prompts per predict batch (each yields K samples).
+    """
+
+    def __init__(self, path: str | None = None, prompts: list[str] | None = None, dataset: str | None = None,
+                 split: str = "train", subset: str | None = None, field: str = "prompt",
+                 id_field: str | None = None, subset_size: int | None = None, shuffle_seed: int = 0,
+                 limit: int | None = None, batch_size: int = 8, num_workers: int = 0):
+        super().__init__()
+        sources = [s for s in (path, prompts, dataset) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("PromptDataModule: give exactly one of path=, prompts= or dataset=")
+        if batch_size < 1:
+            raise ValueError(f"PromptDataModule: batch_size must be >= 1, got {batch_size}")
+        for name, v in (("limit", limit), ("subset_size", subset_size)):
+            if v is not None and v < 1:
+                raise ValueError(f"PromptDataModule: {name} must be >= 1, got {v}")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        if prompts is not None:
+            records, where = [{field: p} for p in prompts], "the inline prompt list"
+        elif path is not None:
+            records, where = _read_file(Path(path)), str(path)
+        else:
+            records, where = _read_hf(dataset, split, subset), f"dataset {dataset} ({split})"
+        items = _validate(records, field, id_field, where)
+        if subset_size is not None and subset_size < len(items):
+            items = random.Random(shuffle_seed).sample(items, subset_size)
+        if limit is not None:
+            items = items[:limit]
+        self.items = items
+        self.skip_ids: set = set()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def remaining(self) -> list[dict]:
+        return [it for it in self.items if it["id"] not in self.skip_ids]
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_Prompts(self.remaining()), batch_size=self.batch_size, shuffle=False,
+                          collate_fn=_collate, num_workers=self.num_workers)
+
+
+def _read_file(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            records = list(csv.DictReader(f))
+    elif suffix in (".jsonl", ".json"):
+        records = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+                records.append(rec)
+    else:
+        raise ValueError(f"prompt file {path}: expected a .jsonl or .csv file")
+    if not records:
+        raise ValueError(f"prompt file {path} holds no records")
+    return records
+
+
+def _read_hf(name: str, split: str, subset: str | None) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(f"dataset={name!r} needs the `datasets` package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:  # offline, unknown name or split: say which
+        raise RuntimeError(f"could not load dataset {name!r} (subset {subset!r}, split {split!r}): {exc}") from exc
+    return [dict(r) for r in ds]
+
+
+def _validate(records: list[dict], field: str, id_field: str | None, where: str) -> list[dict]:
+    if not records:
+        raise ValueError(f"{where} holds no prompts")
+    items, seen = [], {}
+    for n, rec in enumerate(records, 1):
+        if field not in rec:
+            raise ValueError(f"{where}: record {n} has no field {field!r} (fields: {sorted(rec)[:10]})")
+        prompt = rec[field]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: record {n} has an empty prompt in field {field!r}")
+        if id_field is not None:
+            if id_field not in rec or rec[id_field] in (None, ""):
+                raise ValueError(f"{where}: record {n} has no id in field {id_field!r}")
+            pid = str(rec[id_field])
+        else:
+            pid = text_id(prompt)
+        if pid in seen:
+            what = f"id {pid!r}" if id_field else "prompt text (ids are text hashes)"
+            raise ValueError(f"{where}: records {seen[pid]} and {n} have the same {what}")
+        seen[pid] = n
+        items.append({"id": pid, "prompt": prompt})
+    return items
