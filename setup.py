@@ -83,7 +83,7 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["entrgi_core*", "guidance*", "rewards*"]),
-    package_data={"entrgi_core": ["tinyworld/checkpoints/**/*", "configs/*.yaml"]},
+    package_data={"entrgi_core": ["tinyworld/checkpoints/*/*", "tinyworld/prompts.jsonl"]},
     python_requires=">=3.10",
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},

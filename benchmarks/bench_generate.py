@@ -28,8 +28,8 @@ from rewards import HFRewardModel  # noqa: E402
 
 def load_models(device):
     try:
-        from entrgi_core.tinyworld import checkpoints
-        dlm_path, rm_path = checkpoints.dlm_path(), checkpoints.rm_path()
+        from entrgi_core import tinyworld
+        dlm_path, rm_path = tinyworld.dlm_path(), tinyworld.rm_path()
         source = "shipped tiny world"
     except (ImportError, FileNotFoundError):
         from tests.tiny import save_tiny_dlm, save_tiny_rm

@@ -39,7 +39,7 @@ __all__ = [
 GATES = ("entropy", "ste", "soft")
 REBUILD_HINT = "pip install --no-build-isolation -e .  (or `make build`)"
 
-_state = {"loaded": None, "error": None, "warned": False, "module": None}
+_state = {"loaded": None, "error": None, "warned": False, "module": None, "cuda": False}
 
 
 class RelaxOutput(NamedTuple):
@@ -60,7 +60,7 @@ def _load() -> bool:
         _state.update(loaded=False, error=f"{type(exc).__name__}: {exc}")
         return False
     _register(module)
-    _state.update(loaded=True, module=module)
+    _state.update(loaded=True, module=module, cuda=bool(module.build_info()["cuda"]))
     return True
 
 
@@ -214,7 +214,7 @@ def relax_embeddings(
             logits, table, hard_ids, gate=gate, temperature=temperature,
             entropy_temperature=entropy_temperature, validate=False,
         )
-    if logits.is_cuda and not _state["module"].build_info()["cuda"]:
+    if logits.is_cuda and not _state["cuda"]:
         _warn_fallback("the compiled op was built without CUDA kernels")
         return relax_embeddings_reference(
             logits, table, hard_ids, gate=gate, temperature=temperature,

@@ -6,6 +6,7 @@ from entrgi_core import DenoiseConfig, DreamLM, LLaDALM, MaskedLM, generate
 from entrgi_core.models import DiffusionLM
 from guidance import STRATEGIES, EntRGi, Expectation, GuidanceStep, NoGuidance, StraightThrough
 from rewards import HFRewardModel, align_vocab
+from tests.conftest import requires_cuda
 from tests.tiny import save_tiny_rm
 
 PROMPTS = ["write a review of the hotel", "write a review of this phone", "write a review of the museum"]
@@ -236,3 +237,23 @@ def test_remote_code_needs_the_flag(tmp_path):
         "AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"}}))
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         DreamLM.from_pretrained(str(tmp_path))
+
+
+@requires_cuda
+def test_no_host_sync_inside_the_inner_steps(tiny_dlm_path, tiny_rm_path):
+    dlm = MaskedLM.from_pretrained(str(tiny_dlm_path), device="cuda")
+    rm = HFRewardModel.from_pretrained(str(tiny_rm_path), device="cuda")
+    table = rm.aligned_table(dlm.tokenizer, dlm.vocab_size)
+    tokens = torch.full((4, 6), dlm.mask_id, device="cuda")
+    rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
+    step = GuidanceStep(0, 10, rm, rm.prepare(PROMPTS[:1] * 4), table, tokens, rows, cols,
+                        torch.tensor(dlm.stop_ids, device="cuda"), torch.arange(4, device="cuda"), None)
+    phi = torch.randn(rows.numel(), dlm.vocab_size, device="cuda")
+    g = EntRGi(steps=3)
+    g.refine(phi, step)                                  # warm-up (lazy loading, allocator)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        g.refine(phi, step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

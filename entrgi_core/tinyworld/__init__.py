@@ -1,2 +1,27 @@
-"""The tiny world: a review grammar with an exact sentiment oracle, two tokenizers, a tiny
-masked diffusion LM and a tiny reward model trained on it (``python -m entrgi_core.tinyworld.train``)."""
+"""The tiny world: a review grammar with an exact sentiment oracle (``grammar``), two tokenizers
+(``tokenizers``), and a tiny masked diffusion LM and tiny reward model trained on it
+(``python -m entrgi_core.tinyworld.train``), shipped under ``checkpoints/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+PROMPTS = Path(__file__).resolve().parent / "prompts.jsonl"
+
+
+def _checkpoint(name: str) -> Path:
+    path = CHECKPOINTS / name
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"tiny-world checkpoint {path} is missing; rebuild it with "
+                                "`python -m entrgi_core.tinyworld.train`")
+    return path
+
+
+def dlm_path() -> Path:
+    """The shipped tiny masked diffusion LM (load with ``MaskedLM(str(dlm_path()))``)."""
+    return _checkpoint("dlm")
+
+
+def rm_path() -> Path:
+    """The shipped tiny sentiment reward model (load with ``HFRewardModel(str(rm_path()))``)."""
+    return _checkpoint("rm")

@@ -1,0 +1,83 @@
+"""Run every guidance method over prompts with trainer.predict and score the outcome against
+the tiny world's exact oracle. Shared by ``make demo`` and ``benchmarks/tinyworld_eval.py``."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from entrgi_core.config import DenoiseConfig
+from entrgi_core.data import PromptDataModule
+from entrgi_core.module import GuidedDenoiser
+from entrgi_core.progress import PromptProgressBar
+from entrgi_core.tinyworld.grammar import is_valid, sentiment
+from entrgi_core.writer import JsonlPredictionWriter, read_jsonl
+from guidance import EntRGi, Expectation, NoGuidance, StraightThrough
+
+RESPONSE_LEN = 32
+
+
+def methods() -> list[tuple[str, object]]:
+    """(label, strategy) in the order of the paper's comparison; paper defaults M=3, eta=0.5, tau=0.7."""
+    return [("Best-of-N", NoGuidance()), ("Expectation", Expectation()), ("APS", StraightThrough()),
+            ("EntRGi", EntRGi())]
+
+
+def demo_config(seed: int = 0) -> DenoiseConfig:
+    return DenoiseConfig(steps=32, max_new_tokens=RESPONSE_LEN, num_samples=4, temperature=0.7, top_p=0.95,
+                         alg="entropy", seed=seed)
+
+
+@dataclass
+class MethodResult:
+    method: str
+    top1_reward: float        # mean over prompts of the best of K rewards (RM, on text)
+    avg_reward: float         # mean over prompts of the mean of K rewards
+    top1_oracle: float        # mean oracle sentiment of the Top@1 responses (an invalid one counts -1)
+    valid: float              # share of all K responses that are sentences of the grammar
+    top1_valid: float         # share of Top@1 responses that are
+    seconds: float            # generation time for all prompts
+    weight_by_step: dict      # mean entropy weight per guided step
+
+
+def oracle_or_worst(text: str) -> float:
+    return sentiment(text) if is_valid(text) else -1.0
+
+
+def score(method: str, records: list[dict], summary: dict) -> MethodResult:
+    n = len(records)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    responses = [t for r in records for t in r["responses"]]
+    return MethodResult(
+        method=method,
+        top1_reward=mean([r["best_reward"] for r in records]),
+        avg_reward=mean([r["avg_reward"] for r in records]),
+        top1_oracle=mean([oracle_or_worst(r["best_response"]) for r in records]),
+        valid=mean([float(is_valid(t)) for t in responses]),
+        top1_valid=mean([float(is_valid(r["best_response"])) for r in records]),
+        seconds=sum(r["seconds"] for r in records) if n else 0.0,
+        weight_by_step={int(k): v for k, v in summary.get("mean_entropy_weight_by_step", {}).items()},
+    )
+
+
+def run_methods(dlm, rm, prompts: Path, out_dir: Path, config: DenoiseConfig, *, progress: bool = True,
+                batch_size: int = 8) -> list[MethodResult]:
+    """trainer.predict once per method; outputs under ``out_dir/<method>`` (resumable)."""
+    results = []
+    for label, strategy in methods():
+        target = out_dir / label.lower().replace("-", "_")
+        callbacks = [JsonlPredictionWriter(str(target))]
+        if progress:
+            callbacks.append(PromptProgressBar())
+            print(f"{label}:", flush=True)
+        trainer = L.Trainer(accelerator="cpu", devices=1, inference_mode=False, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                            callbacks=callbacks)
+        trainer.predict(GuidedDenoiser(dlm, rm, strategy, config),
+                        datamodule=PromptDataModule(path=str(prompts), id_field="id", batch_size=batch_size),
+                        return_predictions=False)
+        summary = json.loads((target / "summary.json").read_text())
+        results.append(score(label, read_jsonl(target / "predictions.jsonl"), summary))
+    return results
