@@ -208,14 +208,11 @@ def relax_embeddings(
     Returns ``RelaxOutput(embeds (N, D) in table.dtype, weight (N,) float32)``.
     """
     _check(logits, table, hard_ids, gate, temperature, entropy_temperature, validate)
-    if not _load():
-        _warn_fallback(f"compiled op unavailable: {_state['error']}")
-        return relax_embeddings_reference(
-            logits, table, hard_ids, gate=gate, temperature=temperature,
-            entropy_temperature=entropy_temperature, validate=False,
-        )
-    if logits.is_cuda and not _state["cuda"]:
-        _warn_fallback("the compiled op was built without CUDA kernels")
+    reason = None if _load() else f"compiled op unavailable: {_state['error']}"
+    if reason is None and logits.is_cuda and not _state["cuda"]:
+        reason = "the compiled op was built without CUDA kernels"
+    if reason is not None:
+        _warn_fallback(reason)
         return relax_embeddings_reference(
             logits, table, hard_ids, gate=gate, temperature=temperature,
             entropy_temperature=entropy_temperature, validate=False,

@@ -28,6 +28,21 @@ RESPONSE_LEN = 32     # response positions the dLLM is trained (and demoed) with
 BARS = {"valid": 0.90, "pearson": 0.90}
 
 
+def fit(model, steps: int, loss_at, log, what: str) -> None:
+    """AdamW with a one-cycle schedule; ``loss_at(step)`` draws a fresh batch and returns its loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
+    t0 = time.time()
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == steps - 1:
+            log(f"{what} step {step:5d}  loss {loss.item():.4f}  ({time.time() - t0:.0f}s)")
+
+
 def dlm_batch(tok, rnd: random.Random, n: int) -> tuple[torch.Tensor, int]:
     """(n, P + 32) token ids of prompt + review + [EOS] padding, and the prompt length P."""
     rows = []
@@ -50,25 +65,18 @@ def train_dlm(seed: int, steps: int, batch: int, log) -> tuple:
                      intermediate_size=384, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForMaskedLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     rnd = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_at(step):
         ids, p = dlm_batch(tok, rnd, batch)
-        t = torch.rand(batch, 1, generator=gen).clamp(min=0.02)
+        t = torch.rand(batch, 1, generator=gen).clamp(min=0.02)          # masking rate per sequence
         masked = torch.zeros_like(ids, dtype=torch.bool)
         masked[:, p:] = torch.rand(batch, RESPONSE_LEN, generator=gen) < t
-        inputs = ids.masked_fill(masked, tok.mask_token_id)
-        logits = model(input_ids=inputs).logits
-        loss = F.cross_entropy(logits[masked], ids[masked])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 250 == 0 or step == steps - 1:
-            log(f"dlm step {step:5d}  loss {loss.item():.3f}  ({time.time() - t0:.0f}s)")
+        logits = model(input_ids=ids.masked_fill(masked, tok.mask_token_id)).logits
+        return F.cross_entropy(logits[masked], ids[masked])
+
+    fit(model, steps, loss_at, log, "dlm")
     return model.eval(), tok
 
 
@@ -99,20 +107,13 @@ def train_rm(seed: int, steps: int, batch: int, log) -> tuple:
                       num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=128,
                       num_labels=1, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     model = Qwen3ForSequenceClassification(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     rnd = random.Random(seed + 1)
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_at(step):
         ids, attn, y = rm_batch(tok, rnd, batch)
-        pred = model(input_ids=ids, attention_mask=attn).logits[:, 0]
-        loss = F.mse_loss(pred, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 250 == 0 or step == steps - 1:
-            log(f"rm  step {step:5d}  mse  {loss.item():.4f}  ({time.time() - t0:.0f}s)")
+        return F.mse_loss(model(input_ids=ids, attention_mask=attn).logits[:, 0], y)
+
+    fit(model, steps, loss_at, log, "rm ")
     return model.eval(), tok
 
 
