@@ -89,6 +89,13 @@ class PromptDataModule(L.LightningDataModule):
 def _read_file(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
+    try:
+        return _parse_file(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _parse_file(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:

@@ -135,6 +135,13 @@ def test_bad_prompt_files(tmp_path, name, text, kwargs, message):
         PromptDataModule(path=write(tmp_path / name, text), **kwargs)
 
 
+def test_undecodable_bytes(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        PromptDataModule(path=str(path))
+
+
 def test_prompt_sources_ids_subset_and_limit(tmp_path):
     with pytest.raises(FileNotFoundError, match="prompt file not found"):
         PromptDataModule(path=str(tmp_path / "missing.jsonl"))
