@@ -79,13 +79,13 @@ def _canvas(model, prompts: list[str], cfg: DenoiseConfig, device):
     return rep(ids), rep(attn), rep(pos), p
 
 
-def _commit_counts(n_eligible: Tensor, local: int, per_block: int) -> Tensor:
-    """Dream's schedule: commit int(n * (1 - s/t)) of the n eligible positions, all at the last step."""
+def _commit_share(local: int, per_block: int) -> float:
+    """Dream's schedule: share 1 - s/t of the eligible masked positions is committed at local step
+    ``local`` (t, s consecutive points of linspace(1, eps, steps + 1)); everything at the last."""
     if local == per_block - 1:
-        return n_eligible
+        return 1.0
     ts = torch.linspace(1.0, SCHEDULE_EPS, per_block + 1, dtype=torch.float64)
-    t, s = ts[local].item(), ts[local + 1].item()
-    return (n_eligible.double() * (1.0 - s / t)).long()
+    return 1.0 - ts[local + 1].item() / ts[local].item()
 
 
 def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | None = None,
@@ -146,25 +146,20 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         if confidence == "entropy":                                     # from the unguided logits
             conf = confidence_of(phi0, x0, "entropy", temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
-        n_eligible = eligible.sum(1)                                   # (R,)
+        share = _commit_share(local, per_block)
         order_u = rng.uniform(rng.derive(keys[:, None], rng.ORDER, step, col[None, :]))  # (R, L)
-        if cfg.alg == "origin":
-            if local == per_block - 1:
-                commit = eligible
-            else:
-                ts = torch.linspace(1.0, SCHEDULE_EPS, per_block + 1, dtype=torch.float64)
-                commit = eligible & (order_u < 1.0 - ts[local + 1].item() / ts[local].item())
+        if cfg.alg == "origin":                                         # each position commits w.p. share
+            commit = eligible & (order_u < share) if share < 1.0 else eligible
         else:
+            if cfg.deprioritize_eos:
+                conf = torch.where(torch.isin(x0, stop_ids), conf - EOS_PENALTY, conf)
             score = torch.full(masked.shape, float("-inf"), device=device)
             score[rows, cols] = conf.float()
-            if cfg.deprioritize_eos:
-                is_stop = torch.isin(x0, stop_ids)
-                score[rows, cols] = torch.where(is_stop, score[rows, cols] - EOS_PENALTY, score[rows, cols])
             if cfg.alg_temp > 0:                                       # Gumbel-top-k = sampling w/o replacement
                 gumbel = -torch.log(-torch.log(order_u.float()))
                 score = score / cfg.alg_temp + gumbel
             score = torch.where(eligible, score, torch.full_like(score, float("-inf")))
-            n = _commit_counts(n_eligible, local, per_block)            # (R,)
+            n = (eligible.sum(1).double() * share).long()               # (R,) int(n * (1 - s/t))
             ranked = torch.sort(score, dim=1, descending=True, stable=True).indices  # (R, L)
             chosen = col[None, :] < n[:, None]                           # first n of each row
             commit = torch.zeros_like(masked).scatter(1, ranked, chosen) & eligible

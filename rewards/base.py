@@ -27,6 +27,17 @@ class RewardContext:
         return len(self.prompts)
 
 
+def pad_token_ids(rows: list[list[int]], device) -> tuple[Tensor, Tensor]:
+    """Right-padded (B, L) ids (pad 0) and the (B, L) prefix mask of real tokens."""
+    length = max(1, max((len(r) for r in rows), default=0))
+    ids = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    keep = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        keep[i, : len(row)] = True
+    return ids, keep
+
+
 class RewardAdapter(nn.Module):
     """Abstract base. Subclasses provide ``tokenizer`` and ``embedding_table`` (V_R, D)."""
 

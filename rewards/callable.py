@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rewards.base import RewardAdapter, RewardContext
+from rewards.base import RewardAdapter, RewardContext, pad_token_ids
 
 
 class CallableReward(RewardAdapter):
@@ -34,11 +34,6 @@ class CallableReward(RewardAdapter):
 
     @torch.no_grad()
     def score_text(self, prompts: list[str], responses: list[str]) -> Tensor:
-        ids = [self.tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
-        length = max(1, max(len(i) for i in ids))
-        padded = torch.zeros(len(ids), length, dtype=torch.long, device=self._table.device)
-        keep = torch.zeros(len(ids), length, dtype=torch.bool, device=self._table.device)
-        for b, row in enumerate(ids):
-            padded[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-            keep[b, : len(row)] = True
-        return self.fn(self._table[padded], keep)
+        ids, keep = pad_token_ids([self.tokenizer(r, add_special_tokens=False)["input_ids"] if r else []
+                                   for r in responses], self._table.device)
+        return self.fn(self._table[ids], keep)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rewards.base import RewardAdapter, RewardContext
+from rewards.base import RewardAdapter, RewardContext, pad_token_ids
 
 _SENTINEL = "\u2063ENTRGI_RESPONSE\u2063"
 
@@ -125,12 +125,6 @@ class HFRewardModel(RewardAdapter):
     def score_text(self, prompts: list[str], responses: list[str]) -> Tensor:
         if len(prompts) != len(responses):
             raise ValueError(f"score_text: {len(prompts)} prompts but {len(responses)} responses")
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in responses]
-        length = max(1, max(len(i) for i in ids))
-        dev = self.device
-        padded = torch.zeros(len(ids), length, dtype=torch.long, device=dev)
-        keep = torch.zeros(len(ids), length, dtype=torch.bool, device=dev)
-        for i, row in enumerate(ids):
-            padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            keep[i, : len(row)] = True
-        return self.score_embeds(self.prepare(prompts), self.embedding_table[padded], keep)
+        ids, keep = pad_token_ids([self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else []
+                                   for t in responses], self.device)
+        return self.score_embeds(self.prepare(prompts), self.embedding_table[ids], keep)
