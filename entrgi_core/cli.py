@@ -52,8 +52,6 @@ class EntrgiCLI(LightningCLI):
         _check_devices(cfg.trainer)
         # the data module reads and validates the prompts: fail on a bad file before loading models
         PromptDataModule(**cfg.data.as_dict())
-        if cfg.trainer.get("inference_mode") and cfg.get("reward") is not None:
-            raise ValueError("entrgi: guidance needs --trainer.inference_mode false")
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._cfg()

@@ -59,7 +59,7 @@ def _load() -> bool:
     except (ImportError, OSError) as exc:  # missing or built against another torch
         _state.update(loaded=False, error=f"{type(exc).__name__}: {exc}")
         return False
-    _register(module)
+    _register()
     _state.update(loaded=True, module=module, cuda=bool(module.build_info()["cuda"]))
     return True
 
@@ -87,7 +87,8 @@ def _warn_fallback(reason: str) -> None:
         )
 
 
-def _register(module) -> None:
+def _register() -> None:
+    """Autograd and fake kernels for the ops the compiled library defined."""
     @torch.library.register_fake("entrgi::relax_fwd")
     def _fake_fwd(logits, table, hard_ids, gate_weight, gate, temperature, entropy_temperature, chunk_rows):
         n = logits.shape[0]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from entrgi_core import rng
 from entrgi_core.config import DenoiseConfig
-from entrgi_core.sampling import confidence_of, sample_tokens
+from entrgi_core.sampling import neg_entropy, sample_tokens
 from guidance.base import Guidance, GuidanceStep
 from guidance.none import NoGuidance
 
@@ -141,10 +141,12 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
             if diag is not None:
                 diag["step"].append(step)
         u = rng.uniform(rng.derive(keys[rows], rng.SAMPLE, step, cols))
+        # "entropy" confidence is read from the unguided logits: in one pass when phi is phi0
+        separate = confidence == "entropy" and phi is not phi0
         x0, conf = sample_tokens(phi, u, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                 confidence=None if confidence == "entropy" else confidence)
-        if confidence == "entropy":                                     # from the unguided logits
-            conf = confidence_of(phi0, x0, "entropy", temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                                 confidence=None if separate else confidence)
+        if separate:
+            conf = neg_entropy(phi0, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
         share = _commit_share(local, per_block)
         order_u = rng.uniform(rng.derive(keys[:, None], rng.ORDER, step, col[None, :]))  # (R, L)

@@ -79,16 +79,11 @@ def _confidence(probs: Tensor, idx: Tensor, kind: str) -> Tensor:
 
 
 @torch.no_grad()
-def confidence_of(logits: Tensor, tokens: Tensor, kind: str, *, temperature: float, top_p: float = 1.0,
-                  top_k: int | None = None) -> Tensor:
-    """Commit confidence of given ``tokens`` (N,) under ``logits`` (N, V)."""
+def neg_entropy(logits: Tensor, *, temperature: float, top_p: float = 1.0, top_k: int | None = None) -> Tensor:
+    """Dream's "entropy" commit confidence, sum p log p (N,), of the filtered distribution of
+    ``logits`` (N, V); it does not depend on the sampled token."""
     n, v = logits.shape
     conf = torch.empty(n, dtype=torch.float32, device=logits.device)
     for sl in _chunks(n, v):
-        probs, order = _filtered_probs(logits[sl], temperature, top_p, top_k)
-        if order is None:
-            idx = tokens[sl]
-        else:
-            idx = torch.argsort(order, dim=-1).gather(1, tokens[sl, None]).squeeze(1)
-        conf[sl] = _confidence(probs, idx, kind)
+        conf[sl] = -torch.special.entr(_filtered_probs(logits[sl], temperature, top_p, top_k)[0]).sum(-1)
     return conf
