@@ -6,34 +6,73 @@
     entrgi predict --config cfg.yaml --print_config
 
 Top-level groups: ``dlm`` (a DiffusionLM), ``reward`` (a RewardAdapter, optional), ``guidance``
-(a Guidance strategy), ``sampling`` (DenoiseConfig), ``data`` (PromptDataModule), ``output_dir``,
+(a Guidance strategy; none = unguided), ``sampling`` (DenoiseConfig), ``data`` (PromptDataModule), ``output_dir``,
 ``resume``, ``overwrite``, and Lightning's ``trainer``. Predictions go to ``output_dir``
 (resumable JSON lines, see entrgi_core.writer).
 """
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 import warnings
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import guidance
+import rewards
+from entrgi_core import models
 from entrgi_core.config import DenoiseConfig
+from entrgi_core.contract import Guidance
 from entrgi_core.data import PromptDataModule
 from entrgi_core.models import DiffusionLM
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
 from entrgi_core.writer import JsonlPredictionWriter
-from guidance.base import Guidance
 from rewards.base import RewardAdapter
+
+KNOWN_CLASSES = {
+    "--dlm": [f"entrgi_core.models.{c}" for c in ("DreamLM", "LLaDALM", "MaskedLM") if hasattr(models, c)],
+    "--reward": [f"rewards.{c}" for c in ("HFRewardModel",) if hasattr(rewards, c)] + ["rewards.hf.HFRewardModel"],
+    "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES],
+}
+
+
+def condense(message: str) -> str:
+    """One paragraph from jsonargparse's nested validation messages: a misspelled class names the
+    known ones; a failed instantiation keeps only the underlying error."""
+    bad_class = re.search(r"class_path '([^']+)'", message)
+    if bad_class and ("has no attribute" in message or "No module named" in message or "not a subclass" in message):
+        name = bad_class.group(1)
+        known = [c for cs in KNOWN_CLASSES.values() for c in cs]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        lists = "; ".join(f"{opt}: {', '.join(dict.fromkeys(cs))}" for opt, cs in KNOWN_CLASSES.items())
+        return f"unknown class {name!r}.{hint} Known classes ({lists})."
+    bullets = [b.strip() for b in re.findall(r"^\s*- (.+)$", message, re.M)
+               if not b.startswith(("Expected a <class 'NoneType'>", "Problem with given class_path"))]
+    if "Does not validate against any of the Union subtypes" in message and bullets:
+        return " ".join(bullets)
+    lines = [ln for ln in message.splitlines() if ln.strip()]
+    return " ".join(ln.strip() for ln in lines[:3]) if lines else message
+
+
+class _Parser(LightningArgumentParser):
+    def error(self, message: str, ex: Exception | None = None):
+        if os.environ.get("ENTRGI_DEBUG") == "1":
+            return super().error(message, ex)
+        sys.stderr.write(f"entrgi: error: {condense(message)}\n(`entrgi predict --help` lists the options)\n")
+        sys.exit(2)
 
 
 class EntrgiCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_subclass_arguments(DiffusionLM, "dlm", required=True, help="the diffusion LM")
         parser.add_subclass_arguments(RewardAdapter, "reward", required=False, help="the reward model")
-        parser.add_subclass_arguments(Guidance, "guidance", required=True, help="the guidance strategy")
+        parser.add_subclass_arguments(Guidance, "guidance", required=False,
+                                      help="the guidance strategy (none: unguided, i.e. Best-of-N)")
         parser.add_class_arguments(DenoiseConfig, "sampling", help="sampler settings")
         for src, dst in (("dlm", "model.model"), ("reward", "model.reward"), ("guidance", "model.guidance"),
                          ("sampling", "model.config")):
@@ -41,6 +80,9 @@ class EntrgiCLI(LightningCLI):
         parser.add_argument("--output_dir", type=str, default="outputs/predict", help="where predictions go")
         parser.add_argument("--resume", type=bool, default=True, help="skip prompts already in output_dir")
         parser.add_argument("--overwrite", type=bool, default=False, help="replace outputs of another config")
+        parser.add_argument("--diagnose", type=bool, default=False,
+                            help="record the reward after each guidance update (one more RM forward per step)")
+        parser.link_arguments("diagnose", "model.diagnose")
         parser.set_defaults({"trainer.inference_mode": False, "trainer.logger": False,
                              "trainer.enable_checkpointing": False, "trainer.enable_model_summary": False})
 
@@ -50,6 +92,8 @@ class EntrgiCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
         _check_devices(cfg.trainer)
+        if cfg.data.get("shuffle_seed") is None:       # the paper's slices are tied to the sampling seed
+            cfg.data.shuffle_seed = cfg.sampling.seed
         # the data module reads and validates the prompts: fail on a bad file before loading models
         PromptDataModule(**cfg.data.as_dict())
 
@@ -85,12 +129,12 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     try:
         EntrgiCLI(GuidedDenoiser, PromptDataModule, subclass_mode_model=False, save_config_callback=None,
-                  auto_configure_optimizers=False, args=args,
+                  auto_configure_optimizers=False, args=args, parser_class=_Parser,
                   parser_kwargs={"description": __doc__, "default_env": False})
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         if os.environ.get("ENTRGI_DEBUG") == "1":
             raise
-        print(f"entrgi: error: {exc}", file=sys.stderr)
+        print(f"entrgi: error: {condense(str(exc))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+from entrgi_core.schedules import SCHEDULES
+
+# confidence rules: Dream's four, then LLaDA's two remasking rules (see entrgi_core.schedules)
+ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "low_confidence", "random")
+SCHEDULE_NAMES = tuple(SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -15,11 +19,12 @@ class DenoiseConfig:
     temperature: float = 0.7       # tau of the token sampling distribution (paper: 0.7); 0 = greedy
     top_p: float = 0.95            # nucleus mass kept when sampling (paper: 0.95)
     top_k: int | None = None       # keep only the k most likely tokens (None = all)
-    alg: str = "entropy"           # which masked positions are committed first (Dream's choices)
+    alg: str = "entropy"           # confidence rule: which masked positions are committed first
     alg_temp: float = 0.0          # > 0: commit order sampled with Gumbel noise at this temperature
     deprioritize_eos: bool = True  # a sampled end-of-sequence is committed last
     seed: int = 0                  # with the prompt id, seeds every random draw of a prompt
     block_length: int | None = None  # LLaDA-style semi-autoregressive blocks (None = one block)
+    schedule: str | None = None    # commit counts: "dream" or "llada" (None = the model's own default)
 
     def __post_init__(self):
         def bad(msg):
@@ -31,12 +36,17 @@ class DenoiseConfig:
                 bad(f"{name} must be an integer >= 1, got {v!r}")
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
             bad(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+        if isinstance(self.top_p, bool) or not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             bad(f"top_p must lie in (0, 1], got {self.top_p!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1):
             bad(f"top_k must be None or an integer >= 1, got {self.top_k!r}")
         if self.alg not in ALGS:
             bad(f"alg must be one of {ALGS}, got {self.alg!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULE_NAMES:
+            bad(f"schedule must be None (the model's default) or one of {SCHEDULE_NAMES}, got {self.schedule!r}")
+        if self.alg == "origin" and self.schedule == "llada":
+            bad("alg='origin' commits each position with Dream's probability 1 - s/t; it needs schedule='dream' "
+                "(use alg='random' for LLaDA's random remasking)")
         if not (isinstance(self.alg_temp, (int, float)) and math.isfinite(self.alg_temp) and self.alg_temp >= 0):
             bad(f"alg_temp must be >= 0, got {self.alg_temp!r}")
         if self.block_length is not None:

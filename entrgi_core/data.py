@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
@@ -42,15 +44,20 @@ class PromptDataModule(L.LightningDataModule):
         prompts: an inline list of prompt strings (instead of ``path``).
         dataset, split, subset: a Hugging Face dataset (needs the ``datasets`` package).
         field: the record field holding the prompt. id_field: the field holding its id.
-        subset_size, shuffle_seed: a reproducible random subset of that many prompts.
+        subset_size, shuffle_seed, slicing: a reproducible subset of ``subset_size`` prompts drawn
+            with ``shuffle_seed`` (None: 0; the ``entrgi`` CLI uses ``--sampling.seed``).
+            ``slicing="random"`` samples with Python's ``random``; ``slicing="hf"`` takes the
+            first ``subset_size`` records of the Hugging Face ``datasets`` shuffle with that seed,
+            ``ds.shuffle(seed=s).select(range(n))``, as the EntRGi authors do (the same numpy
+            permutation, so it also applies to files).
         limit: keep the first ``limit`` prompts (after the subset).
         batch_size: prompts per predict batch (each yields K samples).
     """
 
     def __init__(self, path: str | None = None, prompts: list[str] | None = None, dataset: str | None = None,
                  split: str = "train", subset: str | None = None, field: str = "prompt",
-                 id_field: str | None = None, subset_size: int | None = None, shuffle_seed: int = 0,
-                 limit: int | None = None, batch_size: int = 8, num_workers: int = 0):
+                 id_field: str | None = None, subset_size: int | None = None, shuffle_seed: int | None = None,
+                 slicing: str = "random", limit: int | None = None, batch_size: int = 8, num_workers: int = 0):
         super().__init__()
         sources = [s for s in (path, prompts, dataset) if s is not None]
         if len(sources) != 1:
@@ -60,7 +67,10 @@ class PromptDataModule(L.LightningDataModule):
         for name, v in (("limit", limit), ("subset_size", subset_size)):
             if v is not None and v < 1:
                 raise ValueError(f"PromptDataModule: {name} must be >= 1, got {v}")
+        if slicing not in ("random", "hf"):
+            raise ValueError(f"PromptDataModule: slicing must be 'random' or 'hf', got {slicing!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
+        seed = 0 if shuffle_seed is None else int(shuffle_seed)
         if prompts is not None:
             records, where = [{field: p} for p in prompts], "the inline prompt list"
         elif path is not None:
@@ -69,11 +79,28 @@ class PromptDataModule(L.LightningDataModule):
             records, where = _read_hf(dataset, split, subset), f"dataset {dataset} ({split})"
         items = _validate(records, field, id_field, where)
         if subset_size is not None and subset_size < len(items):
-            items = random.Random(shuffle_seed).sample(items, subset_size)
+            if slicing == "hf":          # datasets' Dataset.shuffle(seed): numpy default_rng(seed).permutation
+                items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))[:subset_size]]
+            else:
+                items = random.Random(seed).sample(items, subset_size)
         if limit is not None:
             items = items[:limit]
         self.items = items
         self.skip_ids: set = set()
+        # a file's location is not part of the identity (the fingerprint is): a moved file still resumes
+        self.source = {"dataset": dataset,
+                       "split": split if dataset else None, "subset": subset, "field": field, "id_field": id_field,
+                       "subset_size": subset_size, "shuffle_seed": seed if subset_size else None,
+                       "slicing": slicing if subset_size else None, "limit": limit}
+
+    def identity(self) -> dict:
+        """Where the prompts come from and a fingerprint of exactly which (id, text) pairs: an output
+        directory belongs to one identity."""
+        digest = hashlib.blake2b(digest_size=16)
+        for it in self.items:
+            digest.update(json.dumps([it["id"], it["prompt"]]).encode())
+        return {**{k: v for k, v in self.source.items() if v is not None}, "prompts": len(self.items),
+                "fingerprint": digest.hexdigest()}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -140,7 +167,10 @@ def _validate(records: list[dict], field: str, id_field: str | None, where: str)
         if field not in rec:
             raise ValueError(f"{where}: record {n} has no field {field!r} (fields: {sorted(rec)[:10]})")
         prompt = rec[field]
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: record {n}: the prompt in field {field!r} is not a string "
+                             f"({type(prompt).__name__}: {prompt!r})")
+        if not prompt.strip():
             raise ValueError(f"{where}: record {n} has an empty prompt in field {field!r}")
         if id_field is not None:
             if id_field not in rec or rec[id_field] in (None, ""):

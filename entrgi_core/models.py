@@ -9,30 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-def check_remote_code(path: str, trust_remote_code: bool) -> None:
-    """Fail with a clear message, before loading weights, when ``path`` needs remote code."""
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise ValueError(
-                f"{path} ships its own modelling code; loading it runs that code. If you trust it, pass "
-                f"trust_remote_code=True (CLI: --model.init_args.trust_remote_code true)."
-            ) from None
-        raise
-
-
-def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """torch.dtype from a name ("bfloat16", "float32", ...) as written in YAML configs."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).replace("torch.", ""), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
-    return value
+from entrgi_core.hub import as_dtype, check_remote_code, check_source, max_positions
 
 
 class DiffusionLM(nn.Module):
@@ -46,12 +23,14 @@ class DiffusionLM(nn.Module):
 
     shift_logits: bool = False
     auto_class: str = "AutoModelForMaskedLM"
+    default_schedule: str = "dream"   # commit schedule when DenoiseConfig.schedule is None
 
     def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
                  mask_id: int | None = None):
         super().__init__()
         import transformers
 
+        check_source(path, f"{type(self).__name__} path")
         check_remote_code(path, trust_remote_code)
         tok = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         loader = getattr(transformers, self.auto_class)
@@ -104,6 +83,11 @@ class DiffusionLM(nn.Module):
         if emb is not None and hasattr(emb, "weight"):
             return emb.weight.shape[0]
         return self.model.config.vocab_size
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions (prompt + response) the model takes, from its config (None: unstated)."""
+        return max_positions(getattr(self.model, "config", None))
 
     @property
     def device(self) -> torch.device:
@@ -168,10 +152,11 @@ class DreamLM(DiffusionLM):
 
 class LLaDALM(DiffusionLM):
     """LLaDA (e.g. GSAI-ML/LLaDA-8B-Instruct): no shift; mask id from the tokenizer or config
-    (126336 for LLaDA-8B). LLaDA's modelling code takes no position ids, so left-padded batches
+    (126336 for LLaDA-8B); LLaDA's own commit schedule (even split per block) by default. LLaDA's modelling code takes no position ids, so left-padded batches
     are exact only when prompts have equal length; use batch_size 1 for strict batch invariance."""
 
     auto_class = "AutoModel"
+    default_schedule = "llada"
 
     def __init__(self, path: str = "GSAI-ML/LLaDA-8B-Instruct", *, dtype: str = "bfloat16",
                  trust_remote_code: bool = False, mask_id: int | None = None):

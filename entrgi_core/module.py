@@ -1,64 +1,94 @@
 """GuidedDenoiser: the LightningModule whose predict step runs the guided sampler.
 
 Composed from injected objects: ``model`` (a DiffusionLM), ``reward`` (a RewardAdapter or None),
-``guidance`` (a Guidance strategy) and ``config`` (DenoiseConfig). Nothing is trained: the models
-are frozen and there is no optimizer. Guidance needs autograd, so run it with
+``guidance`` (a Guidance strategy; None = unguided) and ``config`` (DenoiseConfig). Nothing is
+trained: the models are frozen and there is no optimizer. Guidance needs autograd, so run it with
 ``Trainer(inference_mode=False)`` (the ``entrgi`` CLI does).
 """
 from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from entrgi_core.config import DenoiseConfig
+from entrgi_core.contract import Guidance
 from entrgi_core.models import DiffusionLM
-from entrgi_core.sampler import generate
-from guidance.base import Guidance
-from guidance.none import NoGuidance
-from rewards.base import RewardAdapter
+from entrgi_core.sampler import check_prompt_lengths, generate
 
 
 class GuidedDenoiser(L.LightningModule):
-    def __init__(self, model: DiffusionLM, reward: RewardAdapter | None = None, guidance: Guidance | None = None,
-                 config: DenoiseConfig | None = None, trace: bool = True):
+    """Args:
+        diagnose: also record, per prompt and guided step, the reward after each update (one more
+            reward-model forward per guided step). The gate weight and the reward before the update
+            are recorded whenever a step is guided: they cost nothing extra.
+    """
+
+    def __init__(self, model: DiffusionLM, reward=None, guidance: Guidance | None = None,
+                 config: DenoiseConfig | None = None, diagnose: bool = False):
         super().__init__()
         self.model = model
         self.reward = reward
-        self.guidance = guidance if guidance is not None else NoGuidance()
+        self.guidance = guidance
         self.config = config if config is not None else DenoiseConfig()
-        self.trace = trace
-        if self.guidance.needs_reward and reward is None:
-            raise ValueError(f"GuidedDenoiser: {type(self.guidance).__name__} needs a reward model (reward=None)")
+        self.diagnose = diagnose
+        if self.guided and reward is None:
+            raise ValueError(f"GuidedDenoiser: {type(guidance).__name__} needs a reward model (reward=None)")
+        if self.guided:
+            guidance.check(self.config.temperature, self.config.top_p)
         self.save_hyperparameters(self.run_config())
 
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None and self.guidance.needs_reward
+
+    @property
+    def method(self) -> str:
+        return self.guidance.name if self.guidance is not None else "bon"
+
     def run_config(self) -> dict:
-        """What determines the predictions: used for hparams, summary.json and the resume check."""
-        g = self.guidance
+        """What determines the predictions: used for hparams, summary.json and the resume check.
+        A guided run computes the vocabulary alignment here, so poor coverage fails at once."""
+        vocab = None
+        if self.guided:
+            vocab = self.reward.alignment(self.model.tokenizer, self.model.vocab_size).report()
         return {
-            "method": g.name,
+            "method": self.method,
             "model": getattr(self.model, "name", type(self.model).__name__),
             "reward": getattr(self.reward, "name", type(self.reward).__name__) if self.reward is not None else None,
-            "guidance": {"class": f"{type(g).__module__}.{type(g).__name__}", "steps": g.steps, "lr": g.lr,
-                         "optimizer": g.optimizer, "temperature": g.temperature, "top_p": g.top_p,
-                         "entropy_temperature": g.entropy_temperature, "start": g.start, "stop": g.stop},
+            "guidance": self.guidance.settings() if self.guidance is not None else None,
             "config": self.config.to_dict(),
+            "diagnose": self.diagnose,
+            "vocabulary": vocab,
         }
+
+    def setup(self, stage: str) -> None:
+        """Before anything runs: the alignment report, and every prompt of the data module within the
+        models' position limits (one clear error naming the offending prompt ids otherwise)."""
+        if self.guided:
+            al = self.reward.alignment(self.model.tokenizer, self.model.vocab_size)
+            rank_zero_info(f"[entrgi] vocabulary alignment {self.model.name} -> {self.reward.name}: {al.summary()}")
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        items = getattr(dm, "items", None)
+        if items:
+            prompts, ids = [it["prompt"] for it in items], [it["id"] for it in items]
+            pieces = self.reward.aligned(self.model.tokenizer, self.model.vocab_size).max_pieces if self.guided else 1
+            check_prompt_lengths(self.model, self.model.encode_prompts(prompts), ids, self.config.max_new_tokens,
+                                 reward=self.reward, prompts=prompts, max_pieces=pieces)
 
     def configure_optimizers(self):
         return None
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> list[dict]:
-        if self.guidance.needs_reward and torch.is_inference_mode_enabled():
+        if self.guided and torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "GuidedDenoiser: guidance differentiates the reward model, which torch.inference_mode forbids. "
                 "Use Trainer(inference_mode=False) (the `entrgi` CLI sets it)."
             )
         res = generate(self.model, batch["prompt"], reward=self.reward, guidance=self.guidance, config=self.config,
-                       prompt_ids=batch["id"], trace=self.trace)
-        records = res.records(method=self.guidance.name, seed=self.config.seed)
+                       prompt_ids=batch["id"], diagnose=self.diagnose)
+        records = res.records(method=self.method, seed=self.config.seed)
         seconds = res.seconds / len(records)
         for rec in records:
             rec["seconds"] = seconds
-            if res.trace:
-                rec["weight_by_step"] = dict(zip(map(int, res.trace["step"]), res.trace["weight"]))
         return records

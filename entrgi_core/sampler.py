@@ -2,9 +2,11 @@
 
 ``generate`` starts each row from ``[left padding | prompt | L x MASK]`` and, for T steps:
 one dLLM forward over all B*K rows, guidance on the masked positions' logits (all rows at
-once), a sample at every masked position, and a commit of the most confident ones. Every random
-draw is keyed by (seed, prompt id, sample, step, position), so a prompt's samples do not depend
-on what it is batched with or on which device it runs.
+once), a sample at every masked position, and a commit of the most confident ones (the schedule
+and confidence rule of ``entrgi_core.schedules``). Every random draw is keyed by (seed, prompt id,
+sample, step, position), so a prompt's samples do not depend on what it is batched with or on
+which device it runs. Guidance is any object with the ``entrgi_core.contract.Guidance``
+interface; ``guidance=None`` is unguided sampling.
 """
 from __future__ import annotations
 
@@ -16,12 +18,11 @@ from torch import Tensor
 
 from entrgi_core import rng
 from entrgi_core.config import DenoiseConfig
+from entrgi_core.contract import Guidance, GuidanceStep
 from entrgi_core.sampling import neg_entropy, sample_tokens
-from guidance.base import Guidance, GuidanceStep
-from guidance.none import NoGuidance
+from entrgi_core.schedules import commit_mask, make_schedule
 
-EOS_PENALTY = 1e4   # sampled EOS ranks below every other masked position, above committed ones
-SCHEDULE_EPS = 1e-3
+SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence")
 
 
 @dataclass
@@ -35,10 +36,15 @@ class GenerationResult:
     best_reward: Tensor | None            # (B,) Top@1 reward
     avg_reward: Tensor | None             # (B,) Avg@N reward
     seconds: float
-    trace: dict = field(default_factory=dict)  # per guided step: weight, reward_before, reward_after
+    guided_steps: list[int] = field(default_factory=list)  # denoising steps that were guided (S)
+    # per prompt and guided step, each (B, S): mean gate weight over the prompt's masked positions,
+    # mean reward of its K relaxed inputs before and (when diagnose=True) after the update
+    weight: Tensor | None = None
+    reward_before: Tensor | None = None
+    reward_after: Tensor | None = None
 
     def records(self, method: str = "", seed: int | None = None) -> list[dict]:
-        """One JSON-ready dict per prompt."""
+        """One JSON-ready dict per prompt; every value is the prompt's own."""
         out = []
         for b, prompt in enumerate(self.prompts):
             rec = {"prompt_id": self.prompt_ids[b], "prompt": prompt, "responses": self.texts[b]}
@@ -47,27 +53,62 @@ class GenerationResult:
                 rec.update(rewards=[float(r) for r in self.rewards[b]], best_index=i,
                            best_response=self.texts[b][i], best_reward=float(self.best_reward[b]),
                            avg_reward=float(self.avg_reward[b]))
+            for key in ("weight", "reward_before", "reward_after"):
+                values = getattr(self, key)
+                if values is not None:
+                    rec[f"{key}_by_step"] = {s: float(v) for s, v in zip(self.guided_steps, values[b].tolist())}
             rec.update(method=method, seed=seed)
             out.append(rec)
         return out
 
 
-def _check_prompts(prompts) -> list[str]:
+def check_prompts(prompts) -> list[str]:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise ValueError(f"generate: prompts must be a list of strings, got {type(prompts).__name__}")
     if not prompts:
         raise ValueError("generate: the prompt list is empty")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"generate: prompt {i} is empty or not a string: {p!r}")
+        if not isinstance(p, str):
+            raise ValueError(f"generate: prompt {i} is not a string ({type(p).__name__}: {p!r})")
+        if not p.strip():
+            raise ValueError(f"generate: prompt {i} is empty")
     return list(prompts)
 
 
-def _canvas(model, prompts: list[str], cfg: DenoiseConfig, device):
+def check_prompt_lengths(model, encoded: list[list[int]], prompt_ids: list, max_new_tokens: int, *,
+                         reward=None, prompts: list[str] | None = None, max_pieces: int = 1) -> None:
+    """Refuse, before any model compute, prompts whose encoded length plus the response exceeds the
+    dLLM's position limit, or whose reward-model input (chat template + response of up to
+    ``max_new_tokens * max_pieces`` RM tokens) exceeds the reward model's."""
+    problems = []
+    limit = getattr(model, "max_positions", None)
+    if limit is not None:
+        over = [pid for pid, e in zip(prompt_ids, encoded) if len(e) + max_new_tokens > limit]
+        if over:
+            problems.append(f"the diffusion LM allows {limit} positions, and prompt tokens + max_new_tokens "
+                            f"({max_new_tokens}) exceed it for {len(over)} prompt(s): ids {_ids(over)}")
+    rm_limit = getattr(reward, "max_positions", None) if reward is not None else None
+    if rm_limit is not None and prompts is not None:
+        need = [(pid, reward.template_length(p) + max_new_tokens * max_pieces) for pid, p in zip(prompt_ids, prompts)]
+        over = [pid for pid, n in need if n > rm_limit]
+        if over:
+            problems.append(f"the reward model allows {rm_limit} positions, and its chat template + a response of "
+                            f"up to {max_new_tokens * max_pieces} tokens exceed it for {len(over)} prompt(s): "
+                            f"ids {_ids(over)}")
+    if problems:
+        raise ValueError("prompts too long: " + "; ".join(problems) + ". Shorten or remove them, or lower "
+                         "max_new_tokens; nothing was run.")
+
+
+def _ids(ids: list, most: int = 10) -> str:
+    shown = ", ".join(repr(i) for i in ids[:most])
+    return shown + (f", ... ({len(ids) - most} more)" if len(ids) > most else "")
+
+
+def _canvas(model, encoded: list[list[int]], cfg: DenoiseConfig, device):
     """Left-padded (R, P + L) canvas, attention mask and position ids, R = B*K."""
-    encoded = model.encode_prompts(prompts)
     p = max(len(e) for e in encoded)
-    b, length = len(prompts), cfg.max_new_tokens
+    b, length = len(encoded), cfg.max_new_tokens
     ids = torch.full((b, p + length), model.pad_id, dtype=torch.long)
     attn = torch.zeros((b, p + length), dtype=torch.bool)
     for i, e in enumerate(encoded):
@@ -79,54 +120,56 @@ def _canvas(model, prompts: list[str], cfg: DenoiseConfig, device):
     return rep(ids), rep(attn), rep(pos), p
 
 
-def _commit_share(local: int, per_block: int) -> float:
-    """Dream's schedule: share 1 - s/t of the eligible masked positions is committed at local step
-    ``local`` (t, s consecutive points of linspace(1, eps, steps + 1)); everything at the last."""
-    if local == per_block - 1:
-        return 1.0
-    ts = torch.linspace(1.0, SCHEDULE_EPS, per_block + 1, dtype=torch.float64)
-    return 1.0 - ts[local + 1].item() / ts[local].item()
-
-
 def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | None = None,
              config: DenoiseConfig | None = None, prompt_ids: list | None = None,
-             trace: bool = False) -> GenerationResult:
-    """K responses for each prompt, guided by ``reward`` through ``guidance``.
+             diagnose: bool = False) -> GenerationResult:
+    """K responses for each prompt, guided by ``reward`` through ``guidance`` (None: unguided).
 
     ``prompt_ids`` (default: the prompts' positions) seed each prompt's random draws together with
     ``config.seed``. ``reward`` may be None only for unguided sampling, and then no rewards are
-    reported. ``trace`` records per-step guidance diagnostics.
+    reported. ``diagnose`` adds the diagnostics that cost compute (reward after each update).
     """
     cfg = config or DenoiseConfig()
-    prompts = _check_prompts(prompts)
-    guidance = guidance or NoGuidance()
+    prompts = check_prompts(prompts)
     if prompt_ids is None:
         prompt_ids = list(range(len(prompts)))
     if len(prompt_ids) != len(prompts):
         raise ValueError(f"generate: {len(prompt_ids)} prompt ids for {len(prompts)} prompts")
-    if guidance.needs_reward and reward is None:
+    guided = guidance is not None and guidance.needs_reward
+    if guided and reward is None:
         raise ValueError(f"generate: {type(guidance).__name__} needs a reward model (reward=None)")
+    if guided:
+        guidance.check(cfg.temperature, cfg.top_p)
+    schedule = make_schedule(cfg.schedule or model.default_schedule)
+    if cfg.alg == "origin":
+        schedule.share(0, 1)                                  # raises unless the schedule has shares
     device = model.device
+    vocab = reward.aligned(model.tokenizer, model.vocab_size) if guided else None
+    encoded = model.encode_prompts(prompts)
+    check_prompt_lengths(model, encoded, prompt_ids, cfg.max_new_tokens, reward=reward, prompts=prompts,
+                         max_pieces=vocab.max_pieces if vocab is not None else 1)
     stop_ids = torch.tensor(model.stop_ids, dtype=torch.long, device=device)
-    table = reward.aligned_table(model.tokenizer, model.vocab_size) if reward is not None else None
 
     t0 = time.perf_counter()
     k, length = cfg.num_samples, cfg.max_new_tokens
-    canvas, attn, pos, p = _canvas(model, prompts, cfg, device)
+    canvas, attn, pos, p = _canvas(model, encoded, cfg, device)
     keys = rng.row_keys(cfg.seed, prompt_ids, k, device=device)       # (R,)
     rep_prompts = [q for q in prompts for _ in range(k)]
-    context = reward.prepare(rep_prompts) if reward is not None and guidance.needs_reward else None
-    diag = {"weight": [], "reward_before": [], "reward_after": [], "step": []} if trace else None
-    blocks, per_block = cfg.num_blocks, cfg.steps // cfg.num_blocks
-    block_len = length // blocks
+    context = reward.prepare(rep_prompts) if guided else None
+    per_block = cfg.steps // cfg.num_blocks
+    block_len = length // cfg.num_blocks
     col = torch.arange(length, device=device)
-    confidence = None if cfg.alg == "origin" else cfg.alg
+    confidence = cfg.alg if cfg.alg in SAMPLE_CONFIDENCES else None
+    diag = {"step": [], "weight": [], "reward_before": [], "reward_after": []}
+    at_block_start = None
 
     for step in range(cfg.steps):
         block, local = divmod(step, per_block)
         resp = canvas[:, p:]                                           # (R, L) view
         masked = resp == model.mask_id
         eligible = masked & (col >= block * block_len) & (col < (block + 1) * block_len)
+        if local == 0:
+            at_block_start = eligible.sum(1)                           # (R,) LLaDA's per-block count
         logits = model.logits(canvas, attn, pos)[:, p:]                # (R, L, V)
         rows, cols = masked.nonzero(as_tuple=True)                     # one host sync per step
         if rows.numel() == 0:
@@ -135,11 +178,13 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         if not torch.isfinite(phi0).all():
             raise FloatingPointError(f"generate: the model returned non-finite logits at denoising step {step}")
         phi = phi0
-        if guidance.active(step, cfg.steps):
-            gstep = GuidanceStep(step, cfg.steps, reward, context, table, resp, rows, cols, stop_ids, keys, diag)
-            phi = guidance.refine(phi0, gstep)
-            if diag is not None:
-                diag["step"].append(step)
+        if guided and guidance.active(step, cfg.steps):
+            gstep = GuidanceStep(index=step, total=cfg.steps, reward=reward, context=context, vocab=vocab,
+                                 tokens=resp, rows=rows, cols=cols, stop_ids=stop_ids, keys=keys,
+                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, diagnose=diagnose)
+            out = guidance.refine(phi0, gstep)
+            phi = out.logits
+            _collect(diag, step, out, gstep, len(prompts), k)
         u = rng.uniform(rng.derive(keys[rows], rng.SAMPLE, step, cols))
         # "entropy" confidence is read from the unguided logits: in one pass when phi is phi0
         separate = confidence == "entropy" and phi is not phi0
@@ -147,24 +192,10 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
                                  confidence=None if separate else confidence)
         if separate:
             conf = neg_entropy(phi0, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-
-        share = _commit_share(local, per_block)
         order_u = rng.uniform(rng.derive(keys[:, None], rng.ORDER, step, col[None, :]))  # (R, L)
-        if cfg.alg == "origin":                                         # each position commits w.p. share
-            commit = eligible & (order_u < share) if share < 1.0 else eligible
-        else:
-            if cfg.deprioritize_eos:
-                conf = torch.where(torch.isin(x0, stop_ids), conf - EOS_PENALTY, conf)
-            score = torch.full(masked.shape, float("-inf"), device=device)
-            score[rows, cols] = conf.float()
-            if cfg.alg_temp > 0:                                       # Gumbel-top-k = sampling w/o replacement
-                gumbel = -torch.log(-torch.log(order_u.float()))
-                score = score / cfg.alg_temp + gumbel
-            score = torch.where(eligible, score, torch.full_like(score, float("-inf")))
-            n = (eligible.sum(1).double() * share).long()               # (R,) int(n * (1 - s/t))
-            ranked = torch.sort(score, dim=1, descending=True, stable=True).indices  # (R, L)
-            chosen = col[None, :] < n[:, None]                           # first n of each row
-            commit = torch.zeros_like(masked).scatter(1, ranked, chosen) & eligible
+        commit = commit_mask(cfg.alg, schedule, conf=conf, x0=x0, rows=rows, cols=cols, eligible=eligible,
+                             at_block_start=at_block_start, local=local, steps=per_block, order_u=order_u,
+                             stop_ids=stop_ids, deprioritize_eos=cfg.deprioritize_eos, alg_temp=cfg.alg_temp)
         proposal = resp.clone()
         proposal[rows, cols] = x0
         canvas[:, p:] = torch.where(commit, proposal, resp)
@@ -177,11 +208,24 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         rewards = reward.score_text(rep_prompts, flat).reshape(len(prompts), k).cpu()
         best_r, best_i = rewards.max(1)
         avg_r = rewards.mean(1)
-    out_trace = {}
-    if diag is not None:
-        out_trace = {key: [float(v) for v in vals] for key, vals in diag.items()}
+    stacked = {key: torch.stack(v, 1).cpu() if v else None for key, v in diag.items() if key != "step"}
     return GenerationResult(prompts, list(prompt_ids), tokens.cpu(), texts, rewards, best_i, best_r, avg_r,
-                            time.perf_counter() - t0, out_trace)
+                            time.perf_counter() - t0, guided_steps=diag["step"], **stacked)
+
+
+def _collect(diag: dict, step: int, out, gstep: GuidanceStep, b: int, k: int) -> None:
+    """Per-prompt (B,) means of one guided step's diagnostics (kept on device until the end)."""
+    if out.weight is None:
+        return
+    diag["step"].append(step)
+    prompt_of = torch.div(gstep.rows, k, rounding_mode="floor")      # (N,) prompt of each masked position
+    total = torch.zeros(b, device=out.weight.device).index_add(0, prompt_of, out.weight.float())
+    count = torch.zeros(b, device=out.weight.device).index_add(0, prompt_of, torch.ones_like(out.weight).float())
+    diag["weight"].append(total / count.clamp(min=1))
+    for key in ("reward_before", "reward_after"):
+        value = getattr(out, key)
+        if value is not None:
+            diag[key].append(value.detach().float().view(b, k).mean(1))
 
 
 def _decode(model, ids: list[int]) -> str:

@@ -48,9 +48,10 @@ def sample_tokens(logits: Tensor, u: Tensor, *, temperature: float, top_p: float
                   top_k: int | None = None, confidence: str | None = None) -> tuple[Tensor, Tensor | None]:
     """Sample one token per row of ``logits`` (N, V) with uniforms ``u`` (N,).
 
-    ``temperature == 0`` takes the argmax. ``confidence`` (Dream's commit scores): "maskgit_plus"
+    ``temperature == 0`` takes the argmax. ``confidence`` (commit scores): Dream's "maskgit_plus"
     (probability of the sampled token), "topk_margin" (top-1 minus top-2 probability), "entropy"
-    (sum p log p, higher = more certain), or None. Returns (tokens (N,), confidence (N,) or None).
+    (sum p log p, higher = more certain); LLaDA's "low_confidence" (probability of the sampled
+    token under the untempered, unfiltered softmax of ``logits``); or None. Returns (tokens (N,), confidence (N,) or None).
     """
     n, v = logits.shape
     tokens = torch.empty(n, dtype=torch.long, device=logits.device)
@@ -62,7 +63,9 @@ def sample_tokens(logits: Tensor, u: Tensor, *, temperature: float, top_p: float
         else:
             idx = probs.argmax(-1)
         tokens[sl] = idx if order is None else order.gather(1, idx[:, None]).squeeze(1)
-        if confidence is not None:
+        if confidence == "low_confidence":
+            conf[sl] = torch.softmax(logits[sl].float(), dim=-1).gather(1, tokens[sl, None]).squeeze(1)
+        elif confidence is not None:
             conf[sl] = _confidence(probs, idx, confidence)
     return tokens, conf
 

@@ -55,6 +55,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.resume, self.overwrite = resume, overwrite
         self._shard = None
         self._started = None
+        self._config: dict = {}
 
     # ----------------------------------------------------------------------- set-up
 
@@ -65,28 +66,44 @@ class JsonlPredictionWriter(BasePredictionWriter):
         return read_jsonl(self.output_dir / PREDICTIONS) + [r for s in self._shards() for r in read_jsonl(s)]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        config = pl_module.run_config() if hasattr(pl_module, "run_config") else {}
+        """Checks only: the output directory is changed in ``on_predict_start``, after every set-up
+        check (the module's prompt checks included) has passed."""
+        self._config = self.run_identity(trainer, pl_module)
         out = self.output_dir
-        if trainer.is_global_zero:
-            out.mkdir(parents=True, exist_ok=True)
-            run_file = out / RUN
+        run_file = out / RUN
+        if trainer.is_global_zero and not self.overwrite and self.done_records():
             existing = json.loads(run_file.read_text()) if run_file.exists() else None
-            has_outputs = bool(self.done_records())
-            if has_outputs and existing != config and not self.overwrite:
+            if existing != self._config:
+                what = _difference(existing, self._config)
                 raise RuntimeError(
-                    f"{out} holds predictions of a different configuration ({run_file}); nothing was changed. "
+                    f"{out} holds predictions of a different {what} ({run_file}); nothing was changed. "
                     "Choose another output directory, or pass overwrite=True (CLI: --overwrite true) to replace them."
                 )
-            if self.overwrite or not self.resume:
-                for p in [out / PREDICTIONS, out / SUMMARY, *self._shards()]:
-                    p.unlink(missing_ok=True)
-            _write_atomic(run_file, json.dumps(config, indent=2, sort_keys=True))
         trainer.strategy.barrier("entrgi-writer-setup")
-        done = {r["prompt_id"] for r in self.done_records()} if self.resume else set()
+        done = {r["prompt_id"] for r in self.done_records()} if self.resume and not self.overwrite else set()
         dm = trainer.datamodule
         if done and dm is not None and hasattr(dm, "skip_ids"):
             dm.skip_ids = done
         self._shard = out / f"shard-rank{trainer.global_rank}.jsonl"
+
+    @staticmethod
+    def run_identity(trainer, pl_module) -> dict:
+        """The configuration that makes the outputs, and the data source they belong to."""
+        config = dict(pl_module.run_config()) if hasattr(pl_module, "run_config") else {}
+        dm = trainer.datamodule
+        config["data"] = dm.identity() if dm is not None and hasattr(dm, "identity") else None
+        return config
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+        out = self.output_dir
+        if trainer.is_global_zero:
+            out.mkdir(parents=True, exist_ok=True)
+            if self.overwrite or not self.resume:
+                for p in [out / PREDICTIONS, out / SUMMARY, *self._shards()]:
+                    p.unlink(missing_ok=True)
+            _write_atomic(out / RUN, json.dumps(self._config, indent=2, sort_keys=True))
+        trainer.strategy.barrier("entrgi-writer-start")
 
     # ----------------------------------------------------------------------- writing
 
@@ -96,9 +113,6 @@ class JsonlPredictionWriter(BasePredictionWriter):
                 f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._started = time.perf_counter()
 
     def on_predict_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier("entrgi-writer-merge")
@@ -116,11 +130,20 @@ class JsonlPredictionWriter(BasePredictionWriter):
         _write_atomic(self.output_dir / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
         for s in self._shards():
             s.unlink()
-        config = pl_module.run_config() if pl_module is not None and hasattr(pl_module, "run_config") else None
-        summary = summarize(records, config)
+        summary = summarize(records, self._config or None)
         summary["wall_seconds_this_run"] = wall_seconds
         _write_atomic(self.output_dir / SUMMARY, json.dumps(summary, indent=2))
         return records
+
+
+def _difference(old: dict | None, new: dict) -> str:
+    """Which part of the run identity changed, in words."""
+    if not isinstance(old, dict):
+        return "configuration"
+    if old.get("data") != new.get("data") and {k: v for k, v in old.items() if k != "data"} == \
+            {k: v for k, v in new.items() if k != "data"}:
+        return "data source"
+    return "configuration"
 
 
 def summarize(records: list[dict], config: dict | None) -> dict:
@@ -144,6 +167,7 @@ def summarize(records: list[dict], config: dict | None) -> dict:
         "mean_avg_reward": mean([r.get("avg_reward") for r in records]),
         "seconds_per_prompt": mean([r.get("seconds") for r in records]),
         "mean_entropy_weight_by_step": {s: sum(v) / len(v) for s, v in sorted(steps.items())},
+        "vocabulary": (config or {}).get("vocabulary"),
         "config": config,
         "versions": {"entrgi": entrgi_core.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "lightning": lightning.__version__,

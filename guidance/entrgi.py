@@ -1,7 +1,7 @@
-from guidance.base import Guidance
+from guidance.base import GatedGuidance
 
 
-class EntRGi(Guidance):
+class EntRGi(GatedGuidance):
     """Entropy-aware reward guidance: each masked token enters the reward model as
     (1 - w) soft + w hard with w = H(softmax(phi / tau_H)) / log V (arXiv 2602.05000)."""
 

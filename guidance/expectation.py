@@ -1,7 +1,7 @@
-from guidance.base import Guidance
+from guidance.base import GatedGuidance
 
 
-class Expectation(Guidance):
+class Expectation(GatedGuidance):
     """Continuous relaxation: the reward model sees the expected embedding q @ E (w = 0)."""
 
     gate = "soft"

@@ -1,7 +1,7 @@
-from guidance.base import Guidance
+from guidance.base import GatedGuidance
 
 
-class StraightThrough(Guidance):
+class StraightThrough(GatedGuidance):
     """APS / straight-through: the reward model sees the hard sampled token (w = 1); the gradient
     flows through the soft embedding."""
 

@@ -8,11 +8,13 @@ smallest complete example).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from entrgi_core.contract import AlignedVocab
 from rewards.vocab import VocabAlignment, align_vocab
 
 
@@ -43,29 +45,52 @@ class RewardAdapter(nn.Module):
 
     tokenizer = None
     min_coverage: float = 0.95
+    max_positions: int | None = None     # the RM's position limit (None: unstated)
 
     def __init__(self):
         super().__init__()
-        self._aligned: dict[tuple, tuple[VocabAlignment, Tensor]] = {}
+        # per dLLM tokenizer object (weakly held, so a freed tokenizer's entry goes with it)
+        self._aligned = weakref.WeakKeyDictionary()
 
     @property
     def embedding_table(self) -> Tensor:  # (V_R, D)
         raise NotImplementedError
 
     def alignment(self, dlm_tokenizer, vocab_size: int | None = None) -> VocabAlignment:
-        return self._align(dlm_tokenizer, vocab_size)[0]
+        """How the dLLM tokenizer's tokens map to this RM's tokens (exact / split / missing)."""
+        per_tok = self._aligned.setdefault(dlm_tokenizer, {})
+        if ("alignment", vocab_size) not in per_tok:
+            per_tok[("alignment", vocab_size)] = align_vocab(dlm_tokenizer, self.tokenizer, vocab_size=vocab_size,
+                                                            min_coverage=self.min_coverage)
+        return per_tok[("alignment", vocab_size)]
+
+    def aligned(self, dlm_tokenizer, vocab_size: int | None = None) -> AlignedVocab:
+        """dLLM tokens as this RM's inputs: pieces per token and the (V_dlm, D) stand-in table whose
+        row v is the mean RM embedding of v's pieces (built once per tokenizer, device and dtype)."""
+        al = self.alignment(dlm_tokenizer, vocab_size)
+        table = self.embedding_table.detach()
+        key = ("aligned", vocab_size, str(table.device), table.dtype)
+        per_tok = self._aligned[dlm_tokenizer]
+        if key not in per_tok:
+            pieces, counts = al.pieces.to(table.device), al.counts.to(table.device)
+            stand_in = table[al.index.to(table.device)].clone()          # (V, D): tokens without pieces
+            for rows in torch.arange(len(counts), device=table.device).split(1 << 14):
+                c = counts[rows]                                                          # (n,)
+                summed = torch.zeros(len(rows), table.shape[1], device=table.device)      # (n, D) float32
+                for k in range(pieces.shape[1]):
+                    summed += table[pieces[rows, k]].float() * (k < c)[:, None]
+                mean = (summed / c.clamp(min=1)[:, None]).to(table.dtype)
+                stand_in[rows] = torch.where((c > 0)[:, None], mean, stand_in[rows])
+            per_tok[key] = AlignedVocab(table=stand_in, pieces=pieces, counts=counts, rm_table=table)
+        return per_tok[key]
 
     def aligned_table(self, dlm_tokenizer, vocab_size: int | None = None) -> Tensor:
-        """(V_dlm, D): row v is the RM embedding of dLLM token v (built once per tokenizer)."""
-        return self._align(dlm_tokenizer, vocab_size)[1]
+        """(V_dlm, D): the stand-in RM embedding of each dLLM token (see ``aligned``)."""
+        return self.aligned(dlm_tokenizer, vocab_size).table
 
-    def _align(self, dlm_tokenizer, vocab_size):
-        key = (id(dlm_tokenizer), vocab_size, str(self.embedding_table.device))
-        if key not in self._aligned:
-            al = align_vocab(dlm_tokenizer, self.tokenizer, vocab_size=vocab_size, min_coverage=self.min_coverage)
-            table = self.embedding_table.detach()
-            self._aligned[key] = (al, table[al.index.to(table.device)])
-        return self._aligned[key]
+    def template_length(self, prompt: str) -> int:
+        """RM tokens the reward model reads besides the response (chat template and prompt)."""
+        return 0
 
     def prepare(self, prompts: list[str]) -> RewardContext:
         raise NotImplementedError

@@ -8,9 +8,12 @@ same path with the embeddings of its token ids. So on one-hot inputs the two agr
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor
 
+from entrgi_core.hub import as_dtype, check_remote_code, check_source, max_positions
 from rewards.base import RewardAdapter, RewardContext, pad_token_ids
 
 _SENTINEL = "\u2063ENTRGI_RESPONSE\u2063"
@@ -25,8 +28,7 @@ class HFRewardModel(RewardAdapter):
         super().__init__()
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from entrgi_core.models import as_dtype, check_remote_code
-
+        check_source(path, "HFRewardModel path")
         check_remote_code(path, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=as_dtype(dtype),
@@ -44,16 +46,25 @@ class HFRewardModel(RewardAdapter):
         self._setup(model, tokenizer, min_coverage, name)
         return self
 
+    CACHE_SIZE = 4096   # prompts whose template token ids are kept (least recently used dropped)
+
     def _setup(self, model, tokenizer, min_coverage, name):
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval().requires_grad_(False)     # the only registered submodule
         self.tokenizer = tokenizer
         self.min_coverage = min_coverage
         self.name = name or getattr(tokenizer, "name_or_path", None) or type(model).__name__
-        self.backbone = model.base_model
-        self.head = getattr(model, "score", None) or getattr(model, "classifier", None)
         if self.head is None:
             raise ValueError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
-        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.max_positions = max_positions(model.config)
+        self._cache: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
+
+    @property
+    def backbone(self):
+        return self.model.base_model
+
+    @property
+    def head(self):
+        return getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
 
     @property
     def embedding_table(self) -> Tensor:
@@ -63,7 +74,9 @@ class HFRewardModel(RewardAdapter):
 
     def _parts(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids of the chat template before and after the response, cached per prompt."""
-        if prompt not in self._cache:
+        if prompt in self._cache:
+            self._cache.move_to_end(prompt)
+        else:
             tok = self.tokenizer
             if getattr(tok, "chat_template", None):
                 text = tok.apply_chat_template(
@@ -77,7 +90,13 @@ class HFRewardModel(RewardAdapter):
                 prefix, suffix = prompt + "\n", ""
             enc = lambda s: tok(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
             self._cache[prompt] = (enc(prefix), enc(suffix))
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
         return self._cache[prompt]
+
+    def template_length(self, prompt: str) -> int:
+        prefix, suffix = self._parts(prompt)
+        return len(prefix) + len(suffix)
 
     def prepare(self, prompts: list[str]) -> RewardContext:
         parts = [self._parts(p) for p in prompts]

@@ -1,10 +1,18 @@
-"""dLLM -> reward-model vocabulary alignment by token string.
+"""dLLM -> reward-model vocabulary alignment.
 
-Token strings are compared after normalising the word-boundary markers of the common schemes:
-byte-level BPE (``Ġ`` = space, ``Ċ`` = newline), SentencePiece (``▁`` = space) and WordPiece
-(``##`` = continuation, no leading space). A dLLM token matches the RM token with the same
-normalised string, else the same string with / without one leading space. Unmapped tokens go to
-a fallback id. Construction fails when too few ordinary tokens map.
+Each dLLM token gets the RM tokens its text becomes (its **pieces**), so that a committed token
+enters the reward model exactly as the decoded text would:
+
+- **exact**: the RM has the same token string, or tokenises the token's text to one token;
+- **split**: the RM tokenises the text to several tokens (``overpriced`` -> ``over ##priced``);
+- **missing**: the RM's tokenisation holds its unknown token (or nothing): the token is scored as
+  the RM scores that text, but carries no meaning for it.
+
+Special tokens (dropped from decoded text) have no pieces. Text is read from the token string
+with the word-boundary markers of the common schemes normalised: byte-level BPE (``Ġ`` = space,
+``Ċ`` = newline), SentencePiece (``▁`` = space) and WordPiece (``##`` = continuation). The text of
+a continuation piece is tokenised as if it started a word: close, not exact, for WordPiece dLLMs.
+Construction fails when exact + split cover too few of the ordinary dLLM tokens.
 """
 from __future__ import annotations
 
@@ -22,61 +30,107 @@ def normalize_token(token: str) -> str:
 
 @dataclass
 class VocabAlignment:
-    index: Tensor                     # (V_dlm,) int64: RM token id of each dLLM token id
-    coverage: float                   # share of ordinary (non-special) dLLM tokens mapped
-    unmapped: list[str] = field(default_factory=list)  # some dLLM tokens that fell back
+    index: Tensor                     # (V_dlm,) int64: one RM id per dLLM token (its first piece, or the fallback)
+    pieces: Tensor                    # (V_dlm, P) int64: RM ids of each dLLM token's text, right-padded with 0
+    counts: Tensor                    # (V_dlm,) int64: number of pieces
+    exact: int                        # ordinary dLLM tokens that are one RM token
+    split: int                        # ... that are several RM tokens
+    missing: int                      # ... whose RM tokens hold the unknown token (or none)
+    unmapped: list[str] = field(default_factory=list)  # the missing tokens
+    split_tokens: list[str] = field(default_factory=list)
+
+    @property
+    def ordinary(self) -> int:
+        return self.exact + self.split + self.missing
+
+    @property
+    def coverage(self) -> float:
+        """Share of ordinary (non-special) dLLM tokens the RM represents (exact or split)."""
+        return (self.exact + self.split) / max(self.ordinary, 1)
 
     def summary(self) -> str:
-        return f"coverage {self.coverage:.1%} ({len(self.unmapped)} unmapped)"
+        return (f"coverage {self.coverage:.1%} of {self.ordinary} ordinary tokens: {self.exact} exact, "
+                f"{self.split} split into several RM tokens, {self.missing} missing")
+
+    def report(self) -> dict:
+        return {"coverage": self.coverage, "ordinary": self.ordinary, "exact": self.exact, "split": self.split,
+                "missing": self.missing, "missing_examples": self.unmapped[:20],
+                "split_examples": self.split_tokens[:20]}
 
 
 def _name(tok) -> str:
     return getattr(tok, "name_or_path", None) or type(tok).__name__
 
 
+def _text(dlm_tokenizer, token: str) -> str:
+    """The text a dLLM token stands for, with a leading space when it starts a word."""
+    if token.startswith("##") and len(token) > 2:
+        return token[2:]
+    text = dlm_tokenizer.convert_tokens_to_string([token])
+    if normalize_token(token).startswith(" ") and not text.startswith(" "):
+        text = " " + text
+    return text
+
+
 def align_vocab(dlm_tokenizer, rm_tokenizer, *, vocab_size: int | None = None, min_coverage: float = 0.95,
                 fallback_id: int | None = None) -> VocabAlignment:
-    """Map every dLLM token id (``vocab_size`` rows, default the tokenizer's length) to an RM id."""
+    """Pieces of every dLLM token id (``vocab_size`` rows, default the tokenizer's length)."""
     rm_vocab = rm_tokenizer.get_vocab()
-    lookup: dict[str, int] = {}
-    for tok, i in sorted(rm_vocab.items(), key=lambda kv: kv[1]):
-        lookup.setdefault(normalize_token(tok), i)
     if fallback_id is None:
         for cand in (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id, rm_tokenizer.pad_token_id, 0):
             if cand is not None:
                 fallback_id = int(cand)
                 break
     rm_eos = rm_tokenizer.eos_token_id if rm_tokenizer.eos_token_id is not None else fallback_id
+    unk = rm_tokenizer.unk_token_id
 
     dlm_vocab = dlm_tokenizer.get_vocab()
     v = max(vocab_size or 0, len(dlm_tokenizer), max(dlm_vocab.values()) + 1)
     index = torch.full((v,), int(fallback_id), dtype=torch.long)
+    pieces: dict[int, list[int]] = {}
     special = set(dlm_tokenizer.all_special_ids)
     ends = {dlm_tokenizer.eos_token_id, dlm_tokenizer.pad_token_id, dlm_tokenizer.sep_token_id} - {None}
-    ordinary = mapped = 0
-    unmapped = []
+    to_tokenize: list[tuple[str, int]] = []
     for tok, i in dlm_vocab.items():
-        if i in special:
+        if i in special:                     # no pieces: decoded text drops it; the stand-in is for relaxation
             if i in ends:
                 index[i] = int(rm_eos)
             elif tok in rm_vocab:
                 index[i] = rm_vocab[tok]
-            continue
-        ordinary += 1
-        norm = normalize_token(tok)
-        for cand in (norm, " " + norm if not norm.startswith(" ") else norm.lstrip(" ")):
-            if cand in lookup:
-                index[i] = lookup[cand]
-                mapped += 1
-                break
+        elif tok in rm_vocab:
+            pieces[i] = [rm_vocab[tok]]
         else:
-            unmapped.append(tok)
-    coverage = mapped / max(ordinary, 1)
-    if coverage < min_coverage:
+            to_tokenize.append((tok, i))
+    if to_tokenize:
+        texts = [_text(dlm_tokenizer, tok) for tok, _ in to_tokenize]
+        for (tok, i), ids in zip(to_tokenize, rm_tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            pieces[i] = list(ids)
+    exact = split = 0
+    unmapped, split_tokens = [], []
+    inverse = {i: t for t, i in dlm_vocab.items()}
+    for i, ids in pieces.items():
+        if not ids or (unk is not None and unk in ids):
+            unmapped.append(inverse[i])
+        elif len(ids) == 1:
+            exact += 1
+        else:
+            split += 1
+            split_tokens.append(inverse[i])
+        if ids:
+            index[i] = ids[0]
+    width = max([1] + [len(ids) for ids in pieces.values()])
+    table = torch.zeros(v, width, dtype=torch.long)
+    counts = torch.zeros(v, dtype=torch.long)
+    for i, ids in pieces.items():
+        table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        counts[i] = len(ids)
+    al = VocabAlignment(index=index, pieces=table, counts=counts, exact=exact, split=split, missing=len(unmapped),
+                        unmapped=sorted(unmapped), split_tokens=sorted(split_tokens))
+    if al.coverage < min_coverage:
         raise ValueError(
-            f"vocabulary alignment: only {coverage:.1%} of the {ordinary} ordinary tokens of the dLLM tokenizer "
-            f"{_name(dlm_tokenizer)!r} have a token with the same string in the reward tokenizer "
-            f"{_name(rm_tokenizer)!r} (threshold {min_coverage:.0%}; unmapped e.g. {sorted(unmapped)[:8]}). "
-            "Use a reward model whose tokenizer shares the dLLM's vocabulary, or lower min_coverage."
+            f"vocabulary alignment: only {al.coverage:.1%} of the {al.ordinary} ordinary tokens of the dLLM tokenizer "
+            f"{_name(dlm_tokenizer)!r} are represented by the reward tokenizer {_name(rm_tokenizer)!r} "
+            f"({al.exact} exact, {al.split} split, {al.missing} missing; threshold {min_coverage:.0%}; missing e.g. "
+            f"{al.unmapped[:8]}). Use a reward model whose tokenizer covers the dLLM's vocabulary, or lower min_coverage."
         )
-    return VocabAlignment(index=index, coverage=coverage, unmapped=sorted(unmapped))
+    return al

@@ -4,7 +4,7 @@ import torch
 
 from entrgi_core import DenoiseConfig, DreamLM, LLaDALM, MaskedLM, generate
 from entrgi_core.models import DiffusionLM
-from guidance import STRATEGIES, EntRGi, Expectation, GuidanceStep, NoGuidance, StraightThrough
+from guidance import STRATEGIES, EntRGi, Expectation, GuidanceOutput, GuidanceStep, NoGuidance, StraightThrough
 from rewards import HFRewardModel, align_vocab
 from tests.conftest import requires_cuda
 from tests.tiny import save_tiny_rm
@@ -84,30 +84,40 @@ def test_strategy_contract_refine_ascends_reward(cls, tmp_path, dlm):
     for seed in range(3):
         rm = HFRewardModel.from_pretrained(str(save_tiny_rm(tmp_path / f"rm{seed}", seed=seed)))
         g = cls(steps=3, lr=0.5)
-        table = rm.aligned_table(dlm.tokenizer, dlm.vocab_size)
         r, length = 4, 6
         tokens = torch.full((r, length), dlm.mask_id)
         rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
         phi = torch.randn(rows.numel(), dlm.vocab_size, generator=torch.Generator().manual_seed(seed))
-        step = GuidanceStep(0, 10, rm, rm.prepare(PROMPTS[:1] * r), table, tokens, rows, cols,
-                            torch.tensor(dlm.stop_ids), torch.arange(r), None)
-        base = step.base_embeds()
+        step = make_step(dlm, rm, tokens, rows, cols)
         with torch.no_grad():
-            before = g.reward_of(phi, step, base, 0)[0].mean()
-            after = g.reward_of(g.refine(phi, step), step, base, 0)[0].mean()
+            before = g.relaxed_reward(phi, step, 0)[0].mean()
+            out = g.refine(phi, step)
+            after = g.relaxed_reward(out.logits, step, 0)[0].mean()
+        assert isinstance(out, GuidanceOutput) and out.weight.shape == (rows.numel(),)
+        assert out.reward_before.shape == (r,) and out.reward_after is None     # diagnose is off
         gains.append(float(after - before))
     assert sum(gains) / len(gains) > 0, gains
-    assert NoGuidance().refine(phi, step) is phi
+    assert NoGuidance().refine(phi, step).logits is phi
 
 
-def test_trace_and_result_fields(dlm, rm):
-    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL, trace=True)
+def make_step(dlm, rm, tokens, rows, cols, **kw):
+    r = tokens.shape[0]
+    fields = dict(index=0, total=10, reward=rm, context=rm.prepare(PROMPTS[:1] * r),
+                  vocab=rm.aligned(dlm.tokenizer, dlm.vocab_size), tokens=tokens, rows=rows, cols=cols,
+                  stop_ids=torch.tensor(dlm.stop_ids, device=tokens.device), keys=torch.arange(r, device=tokens.device),
+                  temperature=0.7, top_p=0.95, top_k=None)
+    return GuidanceStep(**{**fields, **kw})
+
+
+def test_diagnostics_and_result_fields(dlm, rm):
+    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL, diagnose=True)
     assert res.tokens.shape == (2, 2, 8) and len(res.texts) == 2 and len(res.texts[0]) == 2
     assert res.rewards.shape == (2, 2)
     torch.testing.assert_close(res.best_reward, res.rewards.max(1).values)
     torch.testing.assert_close(res.avg_reward, res.rewards.mean(1))
-    assert len(res.trace["weight"]) == SMALL.steps and all(0 <= w <= 1 for w in res.trace["weight"])
-    assert len(res.trace["reward_after"]) == SMALL.steps
+    assert res.guided_steps == list(range(SMALL.steps))
+    assert res.weight.shape == (2, SMALL.steps) and ((res.weight >= 0) & (res.weight <= 1)).all()
+    assert res.reward_before.shape == res.reward_after.shape == (2, SMALL.steps)
     assert (res.tokens != dlm.mask_id).all(), "every position is committed at the end"
     recs = res.records(method="entrgi", seed=3)
     assert recs[0]["best_response"] == res.texts[0][recs[0]["best_index"]]
@@ -120,10 +130,13 @@ def test_trace_and_result_fields(dlm, rm):
     DenoiseConfig(steps=8, max_new_tokens=8, num_samples=2, alg="entropy", alg_temp=0.5),
     DenoiseConfig(steps=8, max_new_tokens=8, num_samples=2, block_length=4),
     DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2, temperature=0.0),
-], ids=["origin", "maskgit_topk", "margin", "alg_temp", "blocks", "greedy"])
+    DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2, block_length=4, schedule="llada", alg="low_confidence"),
+    DenoiseConfig(steps=5, max_new_tokens=8, num_samples=2, schedule="llada", alg="random"),
+], ids=["origin", "maskgit_topk", "margin", "alg_temp", "blocks", "greedy", "llada_low_confidence", "llada_random"])
 def test_every_schedule_commits_everything_deterministically(dlm, rm, cfg):
-    a = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=cfg)
-    b = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=cfg)
+    guide = EntRGi(steps=1, temperature=0.7)            # explicit: the greedy sampler has no temperature
+    a = generate(dlm, PROMPTS[:2], reward=rm, guidance=guide, config=cfg)
+    b = generate(dlm, PROMPTS[:2], reward=rm, guidance=guide, config=cfg)
     assert (a.tokens != dlm.mask_id).all() and torch.equal(a.tokens, b.tokens)
 
 
@@ -157,9 +170,11 @@ def test_seed_changes_samples(dlm):
     ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
     ({"num_samples": 0}, "num_samples must be an integer >= 1"),
     ({"temperature": -0.1}, "temperature must be >= 0"),
+    ({"schedule": "cosine"}, "schedule must be None"),
+    ({"alg": "origin", "schedule": "llada"}, "needs schedule='dream'"),
     ({"top_p": 0.0}, "top_p must lie in (0, 1]"),
     ({"top_p": 1.5}, "top_p must lie in (0, 1]"),
-    ({"alg": "random"}, "alg must be one of"),
+    ({"alg": "confident"}, "alg must be one of"),
     ({"max_new_tokens": 10, "block_length": 4}, "does not divide max_new_tokens"),
 ])
 def test_bad_config(kwargs, message):
@@ -169,9 +184,9 @@ def test_bad_config(kwargs, message):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"steps": -1}, "steps \\(M\\) must be an integer >= 0"),
-    ({"lr": -0.5}, "lr \\(eta\\) must be >= 0"),
-    ({"temperature": 0.0}, "temperature must be > 0"),
-    ({"top_p": 0.0}, "top_p must lie in"),
+    ({"lr": -0.5}, "lr \\(eta\\) must be a finite number >= 0"),
+    ({"temperature": 0.0}, "temperature must be None \\(the sampler's\\) or > 0"),
+    ({"top_p": 0.0}, "top_p must be None \\(the sampler's\\) or lie in"),
     ({"optimizer": "lbfgs"}, "optimizer must be"),
 ])
 def test_bad_guidance(kwargs, message):
@@ -222,8 +237,9 @@ def test_low_vocabulary_coverage_names_both_tokenizers(dlm):
     rm_tok.name_or_path = "tiny-rm"
     dlm.tokenizer.name_or_path = "tiny-dlm"
     al = align_vocab(dlm.tokenizer, rm_tok)
-    assert 0.95 <= al.coverage < 1 and "sloppy" in al.unmapped
-    with pytest.raises(ValueError, match=r"only 95\.\d% .*'tiny-dlm'.*'tiny-rm'.*threshold 99%"):
+    assert 0.95 <= al.coverage < 1 and "sloppy" in al.unmapped and "overpriced" in al.split_tokens
+    assert (al.exact, al.split, al.missing) == (179, 4, 5)
+    with pytest.raises(ValueError, match=r"only 97\.\d% .*'tiny-dlm'.*'tiny-rm'.*4 split, 5 missing.*threshold 99%"):
         align_vocab(dlm.tokenizer, rm_tok, min_coverage=0.99)
     words = align_vocab(dlm.tokenizer, rm_tok).index
     great_d = dlm.tokenizer.convert_tokens_to_ids("great")
@@ -243,11 +259,10 @@ def test_remote_code_needs_the_flag(tmp_path):
 def test_no_host_sync_inside_the_inner_steps(tiny_dlm_path, tiny_rm_path):
     dlm = MaskedLM.from_pretrained(str(tiny_dlm_path), device="cuda")
     rm = HFRewardModel.from_pretrained(str(tiny_rm_path), device="cuda")
-    table = rm.aligned_table(dlm.tokenizer, dlm.vocab_size)
     tokens = torch.full((4, 6), dlm.mask_id, device="cuda")
     rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
-    step = GuidanceStep(0, 10, rm, rm.prepare(PROMPTS[:1] * 4), table, tokens, rows, cols,
-                        torch.tensor(dlm.stop_ids, device="cuda"), torch.arange(4, device="cuda"), None)
+    step = make_step(dlm, rm, tokens, rows, cols)
+    step.packed                                          # built once per denoising step (one sync), outside
     phi = torch.randn(rows.numel(), dlm.vocab_size, device="cuda")
     g = EntRGi(steps=3)
     g.refine(phi, step)                                  # warm-up (lazy loading, allocator)
