@@ -1,29 +1,30 @@
-# `make demo` and `make test` each set up what they need: a local .venv with the pinned
-# dependencies, then the compiled extension (built against the venv's torch, no build isolation).
+# `make demo` and `make test` each set up what they need: a local .venv with the build tools and
+# torch, then the project itself (dependencies from pyproject.toml, extras test + demo) with its
+# compiled extension, built against the venv's torch (no build isolation).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
-DEPS := $(VENV)/.deps-stamp
+BUILD_DEPS := "setuptools>=68" wheel "torch>=2.11,<2.15" "ninja>=1.11" "pybind11>=2.12"
+TOOLS := $(VENV)/.tools-stamp
 EXT := $(VENV)/.ext-stamp
-EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
+EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 # The local package index prints one harmless warning per package it does not hold.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: venv build test demo bench clean
 
-venv: $(DEPS)
+venv: $(TOOLS)
 
-$(DEPS): requirements.txt
+$(TOOLS):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt 2>&1 | { $(QUIET_PIP); }
-	$(BIN)/python -c "import torch, transformers, lightning"
+	$(PIP) install $(BUILD_DEPS) 2>&1 | { $(QUIET_PIP); }
 	touch $@
 
-$(EXT): $(DEPS) $(EXT_SOURCES)
-	$(PIP) install --no-build-isolation --no-deps -e . 2>&1 | { $(QUIET_PIP); }
+$(EXT): $(TOOLS) $(EXT_SOURCES)
+	$(PIP) install --no-build-isolation -e ".[test,demo]" 2>&1 | { $(QUIET_PIP); }
 	$(BIN)/python -c "import entrgi_core.ops as o; assert o.extension_available(), o.build_info(); print('[entrgi] compiled op:', o.build_info())"
 	touch $@
 

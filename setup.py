@@ -9,10 +9,9 @@ so the extension is built against the torch already in the environment.
 import os
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-VERSION = "0.1.0"
-ROOT = Path(__file__).parent
+VERSION = "0.1.0"   # keep equal to pyproject.toml
 
 
 def cuda_decision(torch, cuda_home):
@@ -76,16 +75,5 @@ def build_ext_class():
     return BuildExtension.with_options(use_ninja=True)
 
 
-setup(
-    name="entrgi",
-    version=VERSION,
-    description="Entropy-aware reward guidance for masked diffusion language models",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["entrgi_core*", "guidance*", "rewards*"]),
-    package_data={"entrgi_core": ["tinyworld/checkpoints/*/*", "tinyworld/prompts.jsonl"]},
-    python_requires=">=3.10",
-    ext_modules=extensions(),
-    cmdclass={"build_ext": build_ext_class()},
-    entry_points={"console_scripts": ["entrgi=entrgi_core.cli:main"]},
-)
+# Metadata, dependencies and packages are in pyproject.toml; this file adds the compiled op.
+setup(ext_modules=extensions(), cmdclass={"build_ext": build_ext_class()})

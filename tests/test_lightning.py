@@ -212,33 +212,42 @@ def test_cli_overrides_and_bad_input(cli_config, tmp_path):
     assert "entrgi predict --config" in helptext
 
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+PAPER = ROOT / "configs" / "paper"
+PARTS = {part: sorted((PAPER / part).glob("*.yaml")) for part in ("dlm", "reward", "data", "method")}
+COMBOS = [[PAPER / "base.yaml", d, r, x, m] for d in PARTS["dlm"] for r in PARTS["reward"] for x in PARTS["data"]
+          for m in PARTS["method"]]
 
 
-def test_configs_cover_the_paper_setups():
-    names = {p.stem for p in CONFIGS}
-    for rm in ("0p6b", "1p7b", "4b"):
-        for data in ("rmbench", "judgebench", "rewardbench2"):
-            for method in ("entrgi", "aps", "expectation", "bon"):
-                assert f"dream7b-skywork{rm}-{data}-{method}" in names
-    assert {f"llada8b-skywork1p7b-rmbench-{m}" for m in ("entrgi", "aps", "expectation", "bon")} <= names
-    assert "tiny" in names
+def test_paper_parts_cover_the_paper_setups():
+    names = {part: {p.stem for p in paths} for part, paths in PARTS.items()}
+    assert names == {"dlm": {"dream7b", "llada8b"}, "reward": {"skywork0p6b", "skywork1p7b", "skywork4b"},
+                     "data": {"rmbench", "judgebench", "rewardbench2"},
+                     "method": {"entrgi", "aps", "expectation", "bon"}}
+    assert len(COMBOS) == 72
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_shipped_config_parses(config, capsys, monkeypatch):
+def print_config(files, capsys, *extra):
+    from entrgi_core.cli import main
+    args = ["predict"] + [a for f in files for a in ("--config", str(f))] + list(extra) + ["--print_config"]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code in (0, None), capsys.readouterr().err
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("files", [[ROOT / "configs" / "tiny.yaml"]] + COMBOS,
+                         ids=lambda fs: "+".join(f.stem for f in fs[1:]) or fs[0].stem)
+def test_every_documented_combination_parses(files, capsys, monkeypatch):
     """Class paths resolve and values are valid, without loading any weights."""
     import guidance as guidance_pkg
-    from entrgi_core.cli import main
 
     monkeypatch.chdir(ROOT)
-    with pytest.raises(SystemExit) as done:
-        main(["predict", "--config", str(config), "--print_config"])
-    assert done.value.code in (0, None)
-    cfg = yaml.safe_load(capsys.readouterr().out)
+    cfg = print_config(files, capsys)
     DenoiseConfig(**cfg["sampling"])
     g = cfg["guidance"]
     getattr(guidance_pkg, g["class_path"].rsplit(".", 1)[1])(**(g.get("init_args") or {}))
     assert cfg["dlm"]["class_path"].rsplit(".", 1)[1] in ("DreamLM", "LLaDALM", "MaskedLM")
-    if cfg.get("reward"):
-        assert cfg["reward"]["class_path"] == "rewards.hf.HFRewardModel"
+    assert cfg["reward"]["class_path"].endswith("HFRewardModel")
+    if files[0].name == "base.yaml":
+        assert cfg["data"]["slicing"] == "hf" and cfg["data"]["subset_size"] == 64
+        assert cfg["data"]["batch_size"] == (1 if "llada" in files[1].stem else 4)

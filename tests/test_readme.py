@@ -20,9 +20,25 @@ def test_readme_starts_with_the_two_commands():
     assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
 
 
-@pytest.mark.parametrize("block", [b for b in PYTHON_BLOCKS if "Dream-org" not in b],
-                         ids=lambda b: b.splitlines()[-1][:40])
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[-1][:40])
 def test_python_blocks_run(block, tmp_path, monkeypatch):
+    """Each block runs as written, imports included. Blocks that load real checkpoints get tiny
+    random models of the same classes in their place (no downloads), with room for 128 tokens."""
+    from entrgi_core import DreamLM, MaskedLM
+    from rewards import HFRewardModel
+    from tests.tiny import save_tiny_dlm, save_tiny_rm
+
+    def tiny_dream(path, **kwargs):
+        assert path.count("/") == 1, path                                   # a hub name, as written
+        masked_lm = MaskedLM(str(save_tiny_dlm(tmp_path / "dlm", positions=512)))
+        return DreamLM.from_model(masked_lm.model, masked_lm.tokenizer)     # CPU, float32
+
+    def tiny_rm(path, **kwargs):
+        assert path.count("/") == 1, path
+        return HFRewardModel(str(save_tiny_rm(tmp_path / "rm", positions=512)))
+
+    monkeypatch.setattr(DreamLM, "from_pretrained", tiny_dream)
+    monkeypatch.setattr(HFRewardModel, "from_pretrained", tiny_rm)
     monkeypatch.chdir(ROOT)
     code = block.replace('"outputs/readme"', repr(str(tmp_path / "readme")))
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
