@@ -22,8 +22,6 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import guidance
-import rewards
-from entrgi_core import models
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance
 from entrgi_core.data import PromptDataModule
@@ -33,9 +31,9 @@ from entrgi_core.progress import PromptProgressBar
 from entrgi_core.writer import JsonlPredictionWriter
 from rewards.base import RewardAdapter
 
-KNOWN_CLASSES = {
-    "--dlm": [f"entrgi_core.models.{c}" for c in ("DreamLM", "LLaDALM", "MaskedLM") if hasattr(models, c)],
-    "--reward": [f"rewards.{c}" for c in ("HFRewardModel",) if hasattr(rewards, c)] + ["rewards.hf.HFRewardModel"],
+KNOWN_CLASSES = {          # what a misspelled class_path is compared with
+    "--dlm": ["entrgi_core.models.DreamLM", "entrgi_core.models.LLaDALM", "entrgi_core.models.MaskedLM"],
+    "--reward": ["rewards.HFRewardModel"],
     "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES],
 }
 
@@ -49,7 +47,7 @@ def condense(message: str) -> str:
         known = [c for cs in KNOWN_CLASSES.values() for c in cs]
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        lists = "; ".join(f"{opt}: {', '.join(dict.fromkeys(cs))}" for opt, cs in KNOWN_CLASSES.items())
+        lists = "; ".join(f"{opt}: {', '.join(cs)}" for opt, cs in KNOWN_CLASSES.items())
         return f"unknown class {name!r}.{hint} Known classes ({lists})."
     bullets = [b.strip() for b in re.findall(r"^\s*- (.+)$", message, re.M)
                if not b.startswith(("Expected a <class 'NoneType'>", "Problem with given class_path"))]

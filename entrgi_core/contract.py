@@ -59,14 +59,12 @@ def pack_response(vocab: AlignedVocab, tokens: Tensor, rows: Tensor, cols: Tenso
     positions: committed tokens as their pieces, masked positions one slot each. One host sync
     (the packed length)."""
     r, length = tokens.shape
-    count = vocab.counts[tokens]                                          # (R, L)
-    count = count.index_put((rows, cols), torch.ones_like(rows))          # a relaxed slot each
+    committed = vocab.counts[tokens].index_put((rows, cols), torch.zeros_like(rows))  # (R, L) pieces
+    count = committed.index_put((rows, cols), torch.ones_like(rows))      # and a relaxed slot each
     ends = count.cumsum(1)                                                # (R, L)
     offsets = torch.cat([torch.zeros_like(ends[:, :1]), ends], dim=1)     # (R, L + 1)
     width = max(1, int(ends[:, -1].max())) if length else 1               # the one sync
-    p = vocab.max_pieces
-    committed = vocab.counts[tokens].index_put((rows, cols), torch.zeros_like(rows))  # (R, L)
-    k = torch.arange(p, device=tokens.device)
+    k = torch.arange(vocab.max_pieces, device=tokens.device)
     slot = offsets[:, :-1, None] + k                                      # (R, L, P)
     slot = torch.where(k < committed[..., None], slot, width)             # unused pieces -> a spare slot
     ids = vocab.pieces[tokens]                                            # (R, L, P)

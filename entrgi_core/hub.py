@@ -60,7 +60,8 @@ def check_source(path: str, what: str) -> None:
         raise ValueError(f"{what}: expected a local directory or a hub model name, got {path!r}")
     if os.path.isdir(path):
         return
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.exists(path)
+    # hub names are "org/name" or a bare legacy "name"; anything else is meant as a local path
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path or os.path.exists(path)
     if looks_local:
         reason = "is a file, not a model directory" if os.path.isfile(path) else "does not exist"
         raise FileNotFoundError(f"{what}: {path!r} {reason}. Give the directory that holds config.json and the "

@@ -20,7 +20,7 @@ from entrgi_core import rng
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance, GuidanceStep
 from entrgi_core.sampling import neg_entropy, sample_tokens
-from entrgi_core.schedules import commit_mask, make_schedule
+from entrgi_core.schedules import check_rule, commit_mask, make_schedule
 
 SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence")
 
@@ -141,8 +141,7 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
     if guided:
         guidance.check(cfg.temperature, cfg.top_p)
     schedule = make_schedule(cfg.schedule or model.default_schedule)
-    if cfg.alg == "origin":
-        schedule.share(0, 1)                                  # raises unless the schedule has shares
+    check_rule(cfg.alg, schedule)
     device = model.device
     vocab = reward.aligned(model.tokenizer, model.vocab_size) if guided else None
     encoded = model.encode_prompts(prompts)

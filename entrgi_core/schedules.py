@@ -26,6 +26,7 @@ class CommitSchedule:
     """How many masked positions each row commits at a local step of its block."""
 
     name = "schedule"
+    has_shares = False     # whether share() is defined (the ``origin`` rule needs it)
 
     def counts(self, masked: Tensor, at_block_start: Tensor, local: int, steps: int) -> Tensor:
         """(R,) int64 commit counts from the block's masked count now (R,) and at its first step
@@ -34,8 +35,7 @@ class CommitSchedule:
 
     def share(self, local: int, steps: int) -> float:
         """The share of masked positions committed at this step (for the ``origin`` rule)."""
-        raise ValueError(f"alg='origin' commits each position with Dream's probability 1 - s/t; it needs "
-                         f"schedule='dream', not {self.name!r} (use alg='random' for random order)")
+        raise NotImplementedError(f"the {self.name!r} schedule has counts, not shares")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -43,6 +43,7 @@ class CommitSchedule:
 
 class DreamSchedule(CommitSchedule):
     name = "dream"
+    has_shares = True
 
     def __init__(self, eps: float = 1e-3):
         if not 0 < eps < 1:
@@ -78,6 +79,12 @@ def make_schedule(name: str) -> CommitSchedule:
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
     return SCHEDULES[name]()
+
+
+def check_rule(alg: str, schedule: CommitSchedule) -> None:
+    if alg == "origin" and not schedule.has_shares:
+        raise ValueError(f"alg='origin' commits each position with Dream's probability 1 - s/t; it needs "
+                         f"schedule='dream', not {schedule.name!r} (use alg='random' for random order)")
 
 
 def commit_mask(alg: str, schedule: CommitSchedule, *, conf: Tensor | None, x0: Tensor, rows: Tensor, cols: Tensor,

@@ -184,3 +184,15 @@ def test_make_prints_the_two_readme_commands():
     proc = subprocess.run(["make", "-n", "demo", "test"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "MAKEFLAGS": ""})
     assert proc.returncode == 0 and "pytest" in proc.stdout and "entrgi_core.demo" in proc.stdout
+
+
+def test_model_sources_are_classified_without_the_network(monkeypatch, tmp_path):
+    from entrgi_core.hub import check_source
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_source(str(tmp_path), "x")                                   # a local directory
+    for name in ("gpt2", "org/model"):                                 # hub names, legacy and org/name
+        with pytest.raises(FileNotFoundError, match="not in the local cache, and offline mode is set"):
+            check_source(name, "x")
+    for path in ("./model", "/abs/model", "a/b/c", str(tmp_path / "f.txt")):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            check_source(path, "x")

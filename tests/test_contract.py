@@ -293,3 +293,12 @@ def test_guided_sampling_runs_with_split_tokens(world):
     res = generate(dlm, ["write a review of the hotel"], reward=rm, guidance=StraightThrough(steps=1),
                    config=DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2))
     assert res.rewards.shape == (1, 2) and torch.isfinite(res.rewards).all()
+
+
+def test_origin_rule_needs_dream_shares_before_model_compute(dlm):
+    class ExplodingLLaDA(LLaDALM):
+        def forward_logits(self, *a):
+            raise AssertionError("model ran")
+    llada = ExplodingLLaDA.from_model(dlm.model, dlm.tokenizer)
+    with pytest.raises(ValueError, match="alg='origin'.*needs schedule='dream', not 'llada'"):
+        generate(llada, ["x"], config=DenoiseConfig(steps=2, max_new_tokens=4, alg="origin"))
