@@ -94,6 +94,9 @@ class GuidanceStep:
     top_p: float                  # the sampler's nucleus
     top_k: int | None             # the sampler's top-k
     diagnose: bool = False        # also report diagnostics that cost compute (reward after)
+    template_tokens: Tensor | None = None  # (R,) RM tokens besides the response (chat template, prompt)
+    usage: Tensor | None = None   # (R, 4) int64 counters, added to in place: RM forwards, their tokens,
+                                  # backwards, their tokens (see ``score``)
 
     @property
     def table(self) -> Tensor:
@@ -131,7 +134,15 @@ class GuidanceStep:
     def score(self, relaxed: Tensor, phi: Tensor) -> Tensor:
         """Rewards (R,) of the canvas with the masked positions relaxed to ``relaxed`` (N, D)."""
         embeds, keep = self.reward_inputs(relaxed, phi)
-        return self.reward.score_embeds(self.context, embeds, keep)
+        rewards = self.reward.score_embeds(self.context, embeds, keep)
+        if self.usage is not None:                # on device: no host sync
+            tokens = keep.sum(1) + (self.template_tokens if self.template_tokens is not None else 0)
+            self.usage[:, 0] += 1
+            self.usage[:, 1] += tokens
+            if torch.is_grad_enabled() and rewards.requires_grad:   # a backward follows in the gradient loop
+                self.usage[:, 2] += 1
+                self.usage[:, 3] += tokens
+        return rewards
 
 
 @dataclass(frozen=True)

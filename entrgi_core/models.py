@@ -85,6 +85,10 @@ class DiffusionLM(nn.Module):
         return self.model.config.vocab_size
 
     @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
     def max_positions(self) -> int | None:
         """How many positions (prompt + response) the model takes, from its config (None: unstated)."""
         return max_positions(getattr(self.model, "config", None))

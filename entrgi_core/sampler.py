@@ -42,6 +42,8 @@ class GenerationResult:
     weight: Tensor | None = None
     reward_before: Tensor | None = None
     reward_after: Tensor | None = None
+    # per prompt, each a list of B numbers: see ``account``
+    compute: dict = field(default_factory=dict)
 
     def records(self, method: str = "", seed: int | None = None) -> list[dict]:
         """One JSON-ready dict per prompt; every value is the prompt's own."""
@@ -57,6 +59,8 @@ class GenerationResult:
                 values = getattr(self, key)
                 if values is not None:
                     rec[f"{key}_by_step"] = {s: float(v) for s, v in zip(self.guided_steps, values[b].tolist())}
+            if self.compute:
+                rec["compute"] = {key: values[b] for key, values in self.compute.items()}
             rec.update(method=method, seed=seed)
             out.append(rec)
         return out
@@ -155,6 +159,11 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
     keys = rng.row_keys(cfg.seed, prompt_ids, k, device=device)       # (R,)
     rep_prompts = [q for q in prompts for _ in range(k)]
     context = reward.prepare(rep_prompts) if guided else None
+    template = usage = None
+    if guided:
+        template = torch.tensor([reward.template_length(q) for q in prompts], device=device).repeat_interleave(k)
+        usage = torch.zeros(len(rep_prompts), 4, dtype=torch.long, device=device)   # RM work per row
+    forwards = 0
     per_block = cfg.steps // cfg.num_blocks
     block_len = length // cfg.num_blocks
     col = torch.arange(length, device=device)
@@ -170,6 +179,7 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         if local == 0:
             at_block_start = eligible.sum(1)                           # (R,) LLaDA's per-block count
         logits = model.logits(canvas, attn, pos)[:, p:]                # (R, L, V)
+        forwards += 1
         rows, cols = masked.nonzero(as_tuple=True)                     # one host sync per step
         if rows.numel() == 0:
             break
@@ -180,7 +190,8 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         if guided and guidance.active(step, cfg.steps):
             gstep = GuidanceStep(index=step, total=cfg.steps, reward=reward, context=context, vocab=vocab,
                                  tokens=resp, rows=rows, cols=cols, stop_ids=stop_ids, keys=keys,
-                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, diagnose=diagnose)
+                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, diagnose=diagnose,
+                                 template_tokens=template, usage=usage)
             out = guidance.refine(phi0, gstep)
             phi = out.logits
             _collect(diag, step, out, gstep, len(prompts), k)
@@ -208,8 +219,41 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         best_r, best_i = rewards.max(1)
         avg_r = rewards.mean(1)
     stacked = {key: torch.stack(v, 1).cpu() if v else None for key, v in diag.items() if key != "step"}
+    compute = account(model, reward, prompts, encoded, texts, cfg, forwards, usage)
     return GenerationResult(prompts, list(prompt_ids), tokens.cpu(), texts, rewards, best_i, best_r, avg_r,
-                            time.perf_counter() - t0, guided_steps=diag["step"], **stacked)
+                            time.perf_counter() - t0, guided_steps=diag["step"], compute=compute, **stacked)
+
+
+def account(model, reward, prompts, encoded, texts, cfg: DenoiseConfig, forwards: int, usage: Tensor | None) -> dict:
+    """Per prompt compute, independent of batching (padding is not counted):
+
+    - ``dlm_forwards``: rows the dLLM ran (K per denoising step); ``dlm_tokens``: their tokens
+      (prompt + L each);
+    - ``rm_forwards`` / ``rm_forward_tokens``: reward-model calls per row during guidance plus the
+      final text scoring of the K responses, and the tokens each read (template + response);
+    - ``rm_backwards`` / ``rm_backward_tokens``: the same for the gradient passes;
+    - ``flops``: 2 x parameters x tokens for every forward and backward (a backward to the inputs
+      only, as here, costs about one forward);
+    - ``forward_equivalents``: ``flops`` in units of one dLLM forward of one of the prompt's rows.
+    """
+    b, k = len(prompts), cfg.num_samples
+    rm_rows = usage.view(b, k, 4).sum(1).tolist() if usage is not None else [[0, 0, 0, 0]] * b
+    p_dlm = model.num_parameters
+    p_rm = getattr(reward, "num_parameters", 0) if reward is not None else 0
+    out = {key: [] for key in ("dlm_forwards", "dlm_tokens", "rm_forwards", "rm_forward_tokens", "rm_backwards",
+                               "rm_backward_tokens", "flops", "forward_equivalents")}
+    for i in range(b):
+        row = len(encoded[i]) + cfg.max_new_tokens
+        fwd, fwd_tok, bwd, bwd_tok = rm_rows[i]
+        if reward is not None:                                         # final scoring of the K texts
+            fwd += k
+            fwd_tok += sum(reward.text_tokens(prompts[i], t) for t in texts[i])
+        dlm_tok = forwards * k * row
+        flops = 2 * p_dlm * dlm_tok + 2 * p_rm * (fwd_tok + bwd_tok)
+        for key, value in zip(out, (forwards * k, dlm_tok, fwd, fwd_tok, bwd, bwd_tok, flops,
+                                    flops / (2 * p_dlm * row))):
+            out[key].append(value)
+    return out
 
 
 def _collect(diag: dict, step: int, out, gstep: GuidanceStep, b: int, k: int) -> None:

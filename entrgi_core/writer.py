@@ -146,6 +146,15 @@ def _difference(old: dict | None, new: dict) -> str:
     return "configuration"
 
 
+def total_compute(records: list[dict]) -> dict:
+    """Sums over the records of their compute counters, and the per-prompt means."""
+    keys = sorted({k for r in records for k in (r.get("compute") or {})})
+    total = {k: sum((r.get("compute") or {}).get(k, 0) for r in records) for k in keys}
+    total["seconds"] = sum(r.get("seconds") or 0.0 for r in records)
+    n = max(len(records), 1)
+    return {"total": total, "per_prompt": {k: v / n for k, v in total.items()}}
+
+
 def summarize(records: list[dict], config: dict | None) -> dict:
     import lightning
     import torch
@@ -168,6 +177,7 @@ def summarize(records: list[dict], config: dict | None) -> dict:
         "seconds_per_prompt": mean([r.get("seconds") for r in records]),
         "mean_entropy_weight_by_step": {s: sum(v) / len(v) for s, v in sorted(steps.items())},
         "vocabulary": (config or {}).get("vocabulary"),
+        "compute": total_compute(records),
         "config": config,
         "versions": {"entrgi": entrgi_core.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "lightning": lightning.__version__,

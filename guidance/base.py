@@ -16,6 +16,7 @@ from torch import Tensor
 
 from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep
 from entrgi_core.ops import relax_embeddings
+from entrgi_core.sampling import neg_entropy
 
 __all__ = ["Guidance", "GuidanceOutput", "GuidanceStep", "GatedGuidance"]
 
@@ -29,6 +30,11 @@ class GatedGuidance(Guidance):
         optimizer: "adam" (paper) or "sgd".
         entropy_temperature: tau_H of the entropy gate (1, as in the authors' code).
         start, stop: guide only denoising steps with start <= step / T < stop.
+        every: guide only every k-th denoising step (steps 0, k, 2k, ...).
+        min_entropy: guide a step only when the mean normalised entropy H(softmax(phi / tau_H)) / log V
+            of its masked positions is at least this (0 = always); reading it costs one host sync
+            per denoising step, outside the inner steps.
+        Steps a schedule leaves out are exactly unguided (``refine`` returns ``phi`` itself).
         temperature, top_p: None (default) uses the sampler's (``DenoiseConfig``) for the
             relaxation ``q = softmax(phi / tau)`` and the hard samples. Set them only to decouple
             guidance from sampling on purpose; with a greedy sampler (temperature 0) a temperature
@@ -39,8 +45,8 @@ class GatedGuidance(Guidance):
     name: str = "guided"
 
     def __init__(self, steps: int = 3, lr: float = 0.5, optimizer: str = "adam", entropy_temperature: float = 1.0,
-                 start: float = 0.0, stop: float = 1.0, temperature: float | None = None,
-                 top_p: float | None = None):
+                 start: float = 0.0, stop: float = 1.0, every: int = 1, min_entropy: float = 0.0,
+                 temperature: float | None = None, top_p: float | None = None):
         super().__init__()
         who = type(self).__name__
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
@@ -58,6 +64,11 @@ class GatedGuidance(Guidance):
             raise ValueError(f"{who}: top_p must be None (the sampler's) or lie in (0, 1], got {top_p!r}")
         if not (isinstance(start, (int, float)) and isinstance(stop, (int, float)) and 0 <= start <= stop <= 1):
             raise ValueError(f"{who}: need 0 <= start <= stop <= 1, got start={start!r}, stop={stop!r}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"{who}: every must be an integer >= 1, got {every!r}")
+        if not (isinstance(min_entropy, (int, float)) and 0 <= min_entropy <= 1):
+            raise ValueError(f"{who}: min_entropy must lie in [0, 1], got {min_entropy!r}")
+        self.every, self.min_entropy = every, float(min_entropy)
         self.steps, self.lr, self.optimizer = steps, float(lr), optimizer
         self.entropy_temperature = float(entropy_temperature)
         self.start, self.stop = float(start), float(stop)
@@ -69,7 +80,14 @@ class GatedGuidance(Guidance):
         return self.steps > 0 and self.lr > 0
 
     def active(self, index: int, total: int) -> bool:
-        return self.needs_reward and self.start <= index / total < self.stop
+        return self.needs_reward and self.start <= index / total < self.stop and index % self.every == 0
+
+    def entropy_ok(self, phi: Tensor) -> bool:
+        """Whether the mean normalised entropy of ``phi`` (N, V) reaches ``min_entropy``."""
+        if self.min_entropy <= 0:
+            return True
+        h = -neg_entropy(phi, temperature=self.entropy_temperature) / math.log(phi.shape[1])   # (N,)
+        return bool(h.mean() >= self.min_entropy)
 
     def sampling(self, temperature: float, top_p: float) -> tuple[float, float]:
         """The (temperature, top_p) guidance uses, given the sampler's. Raises when neither is usable."""
@@ -86,7 +104,8 @@ class GatedGuidance(Guidance):
     def settings(self) -> dict:
         return {**super().settings(), "gate": self.gate, "steps": self.steps, "lr": self.lr,
                 "optimizer": self.optimizer, "entropy_temperature": self.entropy_temperature,
-                "start": self.start, "stop": self.stop, "temperature": self.temperature, "top_p": self.top_p}
+                "start": self.start, "stop": self.stop, "every": self.every, "min_entropy": self.min_entropy,
+                "temperature": self.temperature, "top_p": self.top_p}
 
     def _make_optimizer(self, params):
         if self.optimizer == "adam":
@@ -103,7 +122,7 @@ class GatedGuidance(Guidance):
         return step.score(out.embeds, phi), out.weight
 
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
-        if not self.active(step.index, step.total) or phi.shape[0] == 0:
+        if not self.active(step.index, step.total) or phi.shape[0] == 0 or not self.entropy_ok(phi):
             return GuidanceOutput(phi)
         var = phi.detach().float().clone().requires_grad_(True)
         opt = self._make_optimizer([var])

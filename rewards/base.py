@@ -92,6 +92,17 @@ class RewardAdapter(nn.Module):
         """RM tokens the reward model reads besides the response (chat template and prompt)."""
         return 0
 
+    def text_tokens(self, prompt: str, response: str) -> int:
+        """RM tokens read when scoring ``response`` as text (compute accounting)."""
+        n = 0
+        if self.tokenizer is not None and response:
+            n = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        return self.template_length(prompt) + n
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
     def prepare(self, prompts: list[str]) -> RewardContext:
         raise NotImplementedError
 

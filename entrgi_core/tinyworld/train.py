@@ -8,6 +8,13 @@ the prompt "user : write a review of <subject> assistant :", padded with [EOS] t
 RM: a small Qwen3ForSequenceClassification regressing the oracle sentiment from
 "<user> prompt </s> <assistant> review </s>", on hard tokens only (like real reward models).
 Prints the quality bars: unguided dLLM samples valid >= 90%, RM Pearson r >= 0.9 on held-out reviews.
+
+    python -m entrgi_core.tinyworld.train --imperfect-rm
+
+trains only the **imperfect** reward model shipped beside the exact one (``checkpoints/rm_imperfect``):
+the same architecture, fit to a small fixed pool of reviews whose labels carry Gaussian noise, so
+that its Pearson r on held-out valid reviews lies in [0.75, 0.9]. It is where guidance can raise
+the RM's reward without raising the oracle.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer, build_rm_token
 
 RESPONSE_LEN = 32     # response positions the dLLM is trained (and demoed) with
 BARS = {"valid": 0.90, "pearson": 0.90}
+IMPERFECT = {"pool": 160, "noise": 0.6, "steps": 400, "pearson": (0.75, 0.90)}   # few, noisy labels
 
 
 def fit(model, steps: int, loss_at, log, what: str) -> None:
@@ -80,15 +88,21 @@ def train_dlm(seed: int, steps: int, batch: int, log) -> tuple:
     return model.eval(), tok
 
 
-def rm_batch(tok, rnd: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rm_batch(tok, rnd: random.Random, n: int, pool: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, S) ids, attention mask and (n,) labels: fresh grammar reviews with exact labels, or draws
+    from ``pool``, a list of (subject, review, label)."""
     rows, ys = [], []
     for _ in range(n):
-        subject = rnd.choice(SUBJECTS)
-        review = sample_review(subject, rnd)
+        if pool is not None:
+            subject, review, label = rnd.choice(pool)
+        else:
+            subject = rnd.choice(SUBJECTS)
+            review = sample_review(subject, rnd)
+            label = sentiment(review)
         text = tok.apply_chat_template([{"role": "user", "content": prompt_for(subject)},
                                         {"role": "assistant", "content": review}], tokenize=False)
         rows.append(tok(text, add_special_tokens=False)["input_ids"])
-        ys.append(sentiment(review))
+        ys.append(label)
     length = max(len(r) for r in rows)
     ids = torch.full((n, length), tok.pad_token_id)
     attn = torch.zeros((n, length), dtype=torch.long)
@@ -98,7 +112,19 @@ def rm_batch(tok, rnd: random.Random, n: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, attn, torch.tensor(ys)
 
 
-def train_rm(seed: int, steps: int, batch: int, log) -> tuple:
+def noisy_pool(size: int, noise: float, seed: int) -> list:
+    """``size`` (subject, review, oracle + N(0, noise^2)) triples: few and noisy labels."""
+    rnd = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    pool = []
+    for _ in range(size):
+        subject = rnd.choice(SUBJECTS)
+        review = sample_review(subject, rnd)
+        pool.append((subject, review, sentiment(review) + noise * float(torch.randn((), generator=gen))))
+    return pool
+
+
+def train_rm(seed: int, steps: int, batch: int, log, pool: list | None = None) -> tuple:
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
     tok = build_rm_tokenizer()
@@ -110,7 +136,7 @@ def train_rm(seed: int, steps: int, batch: int, log) -> tuple:
     rnd = random.Random(seed + 1)
 
     def loss_at(step):
-        ids, attn, y = rm_batch(tok, rnd, batch)
+        ids, attn, y = rm_batch(tok, rnd, batch, pool)
         return F.mse_loss(model(input_ids=ids, attention_mask=attn).logits[:, 0], y)
 
     fit(model, steps, loss_at, log, "rm ")
@@ -123,25 +149,32 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def rm_pearson(rm_dir: Path, seed: int, n: int = 512) -> float:
+    """Pearson r of the RM's reward with the oracle on held-out grammar reviews (all valid)."""
+    from rewards import HFRewardModel
+
+    rm = HFRewardModel(str(rm_dir))
+    rnd = random.Random(seed + 2000)
+    subjects = [rnd.choice(SUBJECTS) for _ in range(n)]
+    reviews = [sample_review(s, rnd) for s in subjects]
+    scores = rm.score_text([prompt_for(s) for s in subjects], reviews)
+    return pearson(scores, torch.tensor([sentiment(t) for t in reviews]))
+
+
+@torch.no_grad()
 def quality(dlm_dir: Path, rm_dir: Path, seed: int, n_prompts: int = 64) -> dict:
     """The quality bars, measured through the ordinary from_pretrained path."""
     from entrgi_core import DenoiseConfig, MaskedLM, generate
     from entrgi_core.tinyworld.grammar import is_valid
-    from rewards import HFRewardModel
 
-    dlm, rm = MaskedLM(str(dlm_dir)), HFRewardModel(str(rm_dir))
+    dlm = MaskedLM(str(dlm_dir))
     prompts = [prompt_for(SUBJECTS[i % len(SUBJECTS)]) for i in range(n_prompts)]
     res = generate(dlm, prompts, config=DenoiseConfig(steps=32, max_new_tokens=RESPONSE_LEN, num_samples=4,
                                                       seed=seed + 1000),
                    prompt_ids=[f"q{i}" for i in range(n_prompts)])
     texts = [t for row in res.texts for t in row]
     valid = sum(map(is_valid, texts)) / len(texts)
-    rnd = random.Random(seed + 2000)                       # held-out reviews
-    subjects = [rnd.choice(SUBJECTS) for _ in range(512)]
-    reviews = [sample_review(s, rnd) for s in subjects]
-    scores = rm.score_text([prompt_for(s) for s in subjects], reviews)
-    r = pearson(scores, torch.tensor([sentiment(t) for t in reviews]))
-    return {"dlm_valid_fraction": valid, "rm_pearson": r, "examples": texts[:4]}
+    return {"dlm_valid_fraction": valid, "rm_pearson": rm_pearson(rm_dir, seed), "examples": texts[:4]}
 
 
 def main(argv=None) -> None:
@@ -151,10 +184,15 @@ def main(argv=None) -> None:
     ap.add_argument("--dlm-steps", type=int, default=2000)
     ap.add_argument("--rm-steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=96)
+    ap.add_argument("--imperfect-rm", action="store_true", help="train only the imperfect RM (rm_imperfect)")
+    for key in ("pool", "noise", "steps"):
+        ap.add_argument(f"--imperfect-{key}", type=type(IMPERFECT[key]), default=IMPERFECT[key])
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.time()
+    if args.imperfect_rm:
+        return train_imperfect(args, log, t0)
     dlm, dlm_tok = train_dlm(args.seed, args.dlm_steps, args.batch, log)
     rm, rm_tok = train_rm(args.seed, args.rm_steps, args.batch, log)
     for name, model, tok in (("dlm", dlm, dlm_tok), ("rm", rm, rm_tok)):
@@ -169,6 +207,23 @@ def main(argv=None) -> None:
     log(f"total {q['minutes']:.1f} min; checkpoints in {args.out}")
     if q["dlm_valid_fraction"] < BARS["valid"] or q["rm_pearson"] < BARS["pearson"]:
         raise SystemExit("quality bars not met")
+
+
+def train_imperfect(args, log, t0) -> None:
+    settings = {"pool": args.imperfect_pool, "noise": args.imperfect_noise, "steps": args.imperfect_steps}
+    pool = noisy_pool(settings["pool"], settings["noise"], args.seed + 7)
+    rm, tok = train_rm(args.seed + 7, settings["steps"], args.batch, log, pool=pool)
+    out = args.out / "rm_imperfect"
+    rm.save_pretrained(out)
+    tok.save_pretrained(out)
+    r = rm_pearson(out, args.seed)
+    lo, hi = IMPERFECT["pearson"]
+    info = {"seed": args.seed, "rm_pearson": r, "minutes": (time.time() - t0) / 60,
+            **settings}
+    (out / "quality.json").write_text(json.dumps(info, indent=2))
+    log(f"imperfect RM Pearson r on held-out reviews: {r:.3f} (target [{lo}, {hi}]); {info['minutes']:.1f} min")
+    if not lo <= r <= hi:
+        raise SystemExit("imperfect RM outside its target band")
 
 
 if __name__ == "__main__":

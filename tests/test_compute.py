@@ -1,0 +1,118 @@
+"""Compute accounting, the reward model's prefix KV cache, guided-step schedules and the rules
+that keep guidance cheap (issue 9)."""
+import pytest
+import torch
+
+from entrgi_core import DenoiseConfig, generate
+from guidance import EntRGi, Expectation, NoGuidance
+from rewards import HFRewardModel
+from tests.test_engine import PROMPTS
+
+CFG = DenoiseConfig(steps=4, max_new_tokens=6, num_samples=2)
+
+
+def test_compute_is_counted_per_prompt(dlm, rm):
+    m = 2
+    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=m), config=CFG)
+    base = generate(dlm, PROMPTS[:2], reward=rm, guidance=None, config=CFG)
+    for b, prompt in enumerate(PROMPTS[:2]):
+        c, u = {k: v[b] for k, v in res.compute.items()}, {k: v[b] for k, v in base.compute.items()}
+        row = len(dlm.encode_prompts([prompt])[0]) + CFG.max_new_tokens
+        k, t = CFG.num_samples, CFG.steps
+        assert c["dlm_forwards"] == u["dlm_forwards"] == t * k and c["dlm_tokens"] == t * k * row
+        final = sum(rm.text_tokens(prompt, text) for text in res.texts[b])
+        assert c["rm_forwards"] == t * m * k + k and c["rm_backwards"] == t * m * k
+        assert c["rm_forward_tokens"] - final == c["rm_backward_tokens"]      # every guided forward is differentiated
+        assert c["rm_backward_tokens"] >= t * m * k * rm.template_length(prompt)
+        assert u["rm_forwards"] == k and u["rm_backwards"] == u["rm_backward_tokens"] == 0
+        flops = 2 * dlm.num_parameters * c["dlm_tokens"] + 2 * rm.num_parameters * (
+            c["rm_forward_tokens"] + c["rm_backward_tokens"])
+        assert c["flops"] == flops and c["forward_equivalents"] == pytest.approx(flops / (2 * dlm.num_parameters * row))
+        assert c["forward_equivalents"] > u["forward_equivalents"] > t * k
+
+
+def test_compute_does_not_depend_on_batching(dlm, rm):
+    batched = generate(dlm, PROMPTS, reward=rm, guidance=EntRGi(steps=1), config=CFG, prompt_ids=["a", "b", "c"])
+    alone = generate(dlm, PROMPTS[2:], reward=rm, guidance=EntRGi(steps=1), config=CFG, prompt_ids=["c"])
+    assert {k: v[2] for k, v in batched.compute.items()} == {k: v[0] for k, v in alone.compute.items()}
+    assert batched.records()[2]["compute"] == alone.records()[0]["compute"]
+
+
+def test_prefix_cache_scores_and_gradients_equal_the_full_forward(tiny_rm_path):
+    cached = HFRewardModel(str(tiny_rm_path), prefix_cache=True)
+    full = HFRewardModel(str(tiny_rm_path), prefix_cache=False)
+    assert HFRewardModel(str(tiny_rm_path)).uses_prefix_cache            # auto: the Qwen3 backbone is causal
+    prompts = ["write a review of the hotel", "write a very long review of this phone please", "x"]
+    gen = torch.Generator().manual_seed(0)
+    embeds = torch.randn(3, 7, cached.embedding_table.shape[1], generator=gen)
+    keep = torch.arange(7)[None] < torch.tensor([[7], [3], [0]])         # full, partial and empty responses
+    out = []
+    for rm in (cached, full):
+        e = embeds.clone().requires_grad_(True)
+        reward = rm.score_embeds(rm.prepare(prompts), e, keep)
+        out.append((reward, torch.autograd.grad(reward.sum(), e)[0]))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-5, rtol=1e-5)
+    texts = ["the hotel was great .", "bad", ""]
+    torch.testing.assert_close(cached.score_text(prompts, texts), full.score_text(prompts, texts), atol=1e-5, rtol=1e-5)
+
+
+def test_the_cache_is_off_for_a_bidirectional_reward_model():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from entrgi_core.tinyworld.tokenizers import build_rm_tokenizer
+    tok = build_rm_tokenizer()
+    bert = BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=16, num_labels=1))
+    rm = HFRewardModel.from_model(bert, tok)
+    assert not rm.uses_prefix_cache and "kv" not in rm.prepare(["x"]).data
+
+
+def test_no_gradient_reaches_reward_model_parameters(dlm, rm):
+    generate(dlm, PROMPTS[:2], reward=rm, guidance=Expectation(steps=2), config=CFG)
+    params = list(rm.parameters())
+    assert params and all(not p.requires_grad and p.grad is None for p in params)
+
+
+def test_autocast_option(tiny_rm_path):
+    fp32 = HFRewardModel(str(tiny_rm_path))
+    bf16 = HFRewardModel(str(tiny_rm_path), autocast="bfloat16")
+    prompts, texts = PROMPTS[:2], ["the hotel was great .", "it was bad"]
+    a, b = fp32.score_text(prompts, texts), bf16.score_text(prompts, texts)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    torch.testing.assert_close(a, b, atol=0.1, rtol=0.1)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        HFRewardModel(str(tiny_rm_path), autocast="bf17")
+
+
+@pytest.mark.parametrize("kwargs,guided", [
+    ({"every": 3}, [0, 3, 6]),
+    ({"start": 0.5}, [4, 5, 6, 7]),
+    ({"stop": 0.25}, [0, 1]),
+    ({"min_entropy": 1.0}, []),                       # the model is never that uncertain
+    ({"min_entropy": 0.1}, list(range(8))),
+])
+def test_guided_step_schedules(dlm, rm, kwargs, guided):
+    cfg = DenoiseConfig(steps=8, max_new_tokens=6, num_samples=2)
+    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1, **kwargs), config=cfg)
+    assert res.guided_steps == guided
+    if not guided:                                    # every step excluded: exactly the unguided samples
+        assert torch.equal(res.tokens, generate(dlm, PROMPTS[:2], reward=rm, config=cfg).tokens)
+
+
+def test_a_step_the_schedule_excludes_is_exactly_unguided(dlm, rm):
+    from tests.test_engine import make_step
+    tokens = torch.full((2, 4), dlm.mask_id)
+    rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
+    phi = torch.randn(rows.numel(), dlm.vocab_size)
+    g = EntRGi(every=2)
+    assert g.refine(phi, make_step(dlm, rm, tokens, rows, cols, index=1)).logits is phi
+    assert g.refine(phi, make_step(dlm, rm, tokens, rows, cols, index=2)).logits is not phi
+
+
+@pytest.mark.parametrize("kwargs,message", [({"every": 0}, "every must be an integer >= 1"),
+                                            ({"min_entropy": 1.5}, "min_entropy must lie in")])
+def test_bad_schedules(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EntRGi(**kwargs)
+    assert not hasattr(NoGuidance(), "every")
