@@ -4,6 +4,8 @@
     entrgi predict --config cfg.yaml --trainer.devices 4 --trainer.strategy ddp \\
                    --guidance guidance.EntRGi --guidance.steps 3
     entrgi predict --config cfg.yaml --print_config
+    entrgi compare [--config cfg.yaml] [--seeds 0 1 2]    reward against compute vs Best-of-N
+    entrgi diagnose [--config cfg.yaml]                   which gate the reward model rewards
 
 Top-level groups: ``dlm`` (a DiffusionLM), ``reward`` (a RewardAdapter, optional), ``guidance``
 (a Guidance strategy; none = unguided), ``sampling`` (DenoiseConfig), ``data`` (PromptDataModule), ``output_dir``,
@@ -122,12 +124,19 @@ def _check_devices(trainer_cfg) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point. Bad input ends with one line on stderr and exit status 2
-    (ENTRGI_DEBUG=1 shows the traceback)."""
+    """Console entry point: ``entrgi predict ...`` (LightningCLI), ``entrgi compare ...``
+    (``entrgi_core.compare``) and ``entrgi diagnose ...`` (``entrgi_core.diagnose``). Bad input
+    ends with one line on stderr and exit status 2 (ENTRGI_DEBUG=1 shows the traceback)."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv and argv[0] in ("compare", "diagnose"):
+            import importlib
+
+            importlib.import_module(f"entrgi_core.{argv[0]}").main(argv[1:])
+            return
         EntrgiCLI(GuidedDenoiser, PromptDataModule, subclass_mode_model=False, save_config_callback=None,
-                  auto_configure_optimizers=False, args=args, parser_class=_Parser,
+                  auto_configure_optimizers=False, args=argv, parser_class=_Parser,
                   parser_kwargs={"description": __doc__, "default_env": False})
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         if os.environ.get("ENTRGI_DEBUG") == "1":

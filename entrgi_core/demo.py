@@ -85,6 +85,25 @@ def main(argv=None) -> None:
     plot(results, args.out / "demo.png")
     print()
     print(f"predictions: {args.out}/<method>/predictions.jsonl   plot: {args.out}/demo.png")
+    small_frontier(dlm, rm, args.out, args.seed)
+
+
+def small_frontier(dlm, rm, out: Path, seed: int, prompts: int = 8) -> None:
+    """A small version of `entrgi compare`: reward against compute, Best-of-N as the baseline."""
+    from entrgi_core.compare import aggregate, default_methods, plot, run_point
+    from entrgi_core.compare import table as frontier_table
+    from entrgi_core.data import PromptDataModule
+
+    items = PromptDataModule(path=str(tinyworld.PROMPTS), id_field="id").items[:prompts]
+    methods = default_methods(budgets=(4, 8, 16), guided_k=(4,), guided_m=(1, 3))
+    rows = aggregate([run_point(dlm, rm, items, demo_config(seed), m, seed, 8, oracle=True) for m in methods])
+    print()
+    print(f"Reward against compute ({prompts} prompts, seed {seed}; the full sweep with seeds: `entrgi compare`).")
+    print("A guided method beats Best-of-N only where it is above the Best-of-N row of equal cost.")
+    print()
+    print(frontier_table(rows))
+    plot(rows, out / "frontier.png", f"tiny world, {prompts} prompts, seed {seed}")
+    print(f"\nplot: {out}/frontier.png")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ def test_predict_writes_sorted_records_and_summary(dlm, rm, tmp_path):
     assert abs(summary["mean_top1_reward"] - sum(r["best_reward"] for r in recs) / len(recs)) < 1e-9
     assert len(summary["mean_entropy_weight_by_step"]) == CFG.steps
     assert summary["config"]["guidance"]["steps"] == 1 and summary["versions"]["torch"]
+    total = summary["compute"]["total"]
+    assert total["dlm_forwards"] == sum(r["compute"]["dlm_forwards"] for r in recs) == len(PROMPTS) * 2 * CFG.steps
+    assert total["rm_backwards"] == len(PROMPTS) * 2 * CFG.steps and total["seconds"] > 0
+    assert summary["compute"]["per_prompt"]["flops"] == pytest.approx(total["flops"] / len(PROMPTS))
     assert not list(tmp_path.glob("shard-*"))
 
 

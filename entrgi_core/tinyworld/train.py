@@ -33,7 +33,7 @@ from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer, build_rm_token
 
 RESPONSE_LEN = 32     # response positions the dLLM is trained (and demoed) with
 BARS = {"valid": 0.90, "pearson": 0.90}
-IMPERFECT = {"pool": 160, "noise": 0.6, "steps": 400, "pearson": (0.75, 0.90)}   # few, noisy labels
+IMPERFECT = {"pool": 3000, "noise": 0.4, "steps": 900, "pearson": (0.75, 0.90)}   # few, noisy labels
 
 
 def fit(model, steps: int, loss_at, log, what: str) -> None:

@@ -1,0 +1,214 @@
+"""``entrgi compare``: reward against compute, the frontier test-time methods are chosen by.
+
+    entrgi compare [--config configs/tiny.yaml] [--seeds 0 1 2] [--budgets 4 8 16 32 64]
+                   [--out outputs/compare] [any `entrgi predict` override, e.g. --reward.init_args.path P]
+
+Sweeps Best-of-N over K in ``--budgets`` and each guided method over K and M (and the guided-step
+schedules), over ``--seeds``, on the config's prompts (any config: real models included). For
+every point it records per prompt the Top@1 and Avg@N reward, seconds and forward-equivalents
+(``entrgi_core.sampler.account``), and, on the tiny world, the oracle sentiment and validity of
+the Top@1 response. Writes ``frontier.json`` (every run), ``frontier.txt`` (mean +- SEM over
+seeds, the table printed) and ``frontier.png`` (reward against cost, log scale).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from entrgi_core.config import DenoiseConfig
+from entrgi_core.sampler import generate
+
+BUDGETS = (4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One point of the sweep: a strategy factory at K samples."""
+
+    family: str                  # the curve it belongs to
+    label: str                   # this point
+    k: int
+    make: object = field(compare=False)   # () -> Guidance | None
+
+
+def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3)) -> list[Method]:
+    from guidance import EntRGi, Expectation, StraightThrough
+
+    out = [Method("Best-of-N", f"BoN K={k}", k, lambda: None) for k in budgets]
+    for name, cls in (("EntRGi", EntRGi), ("Expectation", Expectation), ("APS", StraightThrough)):
+        for k in guided_k:
+            for m in guided_m:
+                out.append(Method(name, f"{name} K={k} M={m}", k, lambda cls=cls, m=m: cls(steps=m)))
+    for k in guided_k:
+        out.append(Method("EntRGi every 2nd step", f"EntRGi K={k} M=3 every=2", k, lambda: EntRGi(steps=3, every=2)))
+        out.append(Method("EntRGi first half", f"EntRGi K={k} M=3 stop=0.5", k, lambda: EntRGi(steps=3, stop=0.5)))
+    return out
+
+
+def tiny_world_oracle(texts: list[str]) -> tuple[list[float], list[float]]:
+    """(oracle sentiment, -1 for an invalid review), validity of each text."""
+    from entrgi_core.tinyworld.evaluate import oracle_or_worst
+    from entrgi_core.tinyworld.grammar import is_valid
+
+    return [oracle_or_worst(t) for t in texts], [float(is_valid(t)) for t in texts]
+
+
+def run_point(model, reward, items: list[dict], base: DenoiseConfig, method: Method, seed: int, batch_size: int,
+              oracle: bool) -> dict:
+    """One method at one seed over all prompts: per-prompt means."""
+    cfg = DenoiseConfig(**{**base.to_dict(), "num_samples": method.k, "seed": seed})
+    strategy = method.make()
+    sums = {"top1": 0.0, "avg": 0.0, "seconds": 0.0, "forward_equivalents": 0.0, "oracle": 0.0, "valid": 0.0}
+    for i in range(0, len(items), batch_size):
+        chunk = items[i: i + batch_size]
+        res = generate(model, [it["prompt"] for it in chunk], reward=reward, guidance=strategy, config=cfg,
+                       prompt_ids=[it["id"] for it in chunk])
+        sums["top1"] += float(res.best_reward.sum())
+        sums["avg"] += float(res.avg_reward.sum())
+        sums["seconds"] += res.seconds
+        sums["forward_equivalents"] += sum(res.compute["forward_equivalents"])
+        if oracle:
+            best = [res.texts[b][int(res.best_index[b])] for b in range(len(chunk))]
+            o, v = tiny_world_oracle(best)
+            sums["oracle"] += sum(o)
+            sums["valid"] += sum(v)
+    n = len(items)
+    out = {key: value / n for key, value in sums.items()}
+    if not oracle:
+        out.pop("oracle"), out.pop("valid")
+    return {"family": method.family, "label": method.label, "k": method.k, "seed": seed, **out}
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Mean and standard error over seeds of each point."""
+    by = {}
+    for r in runs:
+        by.setdefault((r["family"], r["label"], r["k"]), []).append(r)
+    rows = []
+    for (family, label, k), rs in by.items():
+        row = {"family": family, "label": label, "k": k, "seeds": len(rs)}
+        for key in ("top1", "avg", "oracle", "valid", "seconds", "forward_equivalents"):
+            if key in rs[0]:
+                xs = [r[key] for r in rs]
+                mean = sum(xs) / len(xs)
+                sem = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0.0
+                row[key], row[key + "_sem"] = mean, sem
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    oracle = "oracle" in rows[0]
+    head = ["method", "fwd-eq / prompt", "s / prompt", "Top@1 reward", "Avg@N reward"] + \
+        (["oracle of Top@1", "valid Top@1"] if oracle else [])
+    pm = lambda r, k: f"{r[k]:+.3f} +- {r[k + '_sem']:.3f}"  # noqa: E731
+    body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}", pm(r, "top1"), pm(r, "avg")] +
+            ([pm(r, "oracle"), f"{r['valid']:.2f}"] if oracle else []) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("forward_equivalents", "top1", "Top@1 reward (RM)"), ("seconds", "top1", "Top@1 reward (RM)"),
+              ("forward_equivalents", "avg", "Avg@N reward (RM)")]
+    if "oracle" in rows[0]:
+        panels.append(("forward_equivalents", "oracle", "oracle sentiment of Top@1"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for ax, (x, y, ylabel) in zip(axes, panels):
+        for fam in families:
+            pts = sorted((r for r in rows if r["family"] == fam), key=lambda r: r[x])
+            ax.errorbar([r[x] for r in pts], [r[y] for r in pts], yerr=[r[y + "_sem"] for r in pts],
+                        marker="o" if fam == "Best-of-N" else ".", lw=2 if fam == "Best-of-N" else 1, capsize=2,
+                        label=fam)
+        ax.set_xscale("log")
+        ax.set_xlabel("dLLM forward-equivalents per prompt" if x == "forward_equivalents" else "seconds per prompt")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load(config_args: list[str]):
+    """The models, prompts and sampler settings of an ``entrgi predict`` configuration."""
+    from entrgi_core.cli import EntrgiCLI, _Parser
+    from entrgi_core.data import PromptDataModule
+    from entrgi_core.module import GuidedDenoiser
+
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)                 # no "GPU available" banner from the unused Trainer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cli = EntrgiCLI(GuidedDenoiser, PromptDataModule, run=False, args=config_args, save_config_callback=None,
+                            auto_configure_optimizers=False, parser_class=_Parser,
+                            parser_kwargs={"default_env": False}, subclass_mode_model=False)
+    finally:
+        quiet.setLevel(level)
+    module, dm = cli.model, cli.datamodule
+    if module.reward is None:
+        raise ValueError("entrgi compare: the configuration has no reward model (--reward ...)")
+    return module.model, module.reward, dm, module.config
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="entrgi compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", default=None, help="an entrgi predict config (repeatable)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="Best-of-N sample counts K")
+    ap.add_argument("--guided-k", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--guided-m", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--prompts", type=int, default=None, help="use the first N prompts")
+    ap.add_argument("--out", type=Path, default=Path("outputs/compare"))
+    ap.add_argument("--title", default=None)
+    args, overrides = ap.parse_known_args(argv)
+    for name in ("seeds", "budgets", "guided_k"):
+        if any(v < (0 if name == "seeds" else 1) for v in getattr(args, name)):
+            raise ValueError(f"entrgi compare: --{name.replace('_', '-')} must be {'>= 0' if name == 'seeds' else '>= 1'}")
+    if any(m < 0 for m in args.guided_m):
+        raise ValueError("entrgi compare: --guided-m must be >= 0")
+    if args.prompts is not None and args.prompts < 1:
+        raise ValueError("entrgi compare: --prompts must be >= 1")
+    configs = args.config or ["configs/tiny.yaml"]
+    config_args = [a for c in configs for a in ("--config", c)] + overrides
+    model, reward, dm, base = load(config_args)
+    items = dm.items[: args.prompts] if args.prompts else dm.items
+    from entrgi_core import tinyworld
+
+    oracle = getattr(dm, "source", {}).get("dataset") is None and \
+        {it["prompt"] for it in items} <= {json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x}
+    args.out.mkdir(parents=True, exist_ok=True)
+    methods = default_methods(args.budgets, args.guided_k, args.guided_m)
+    runs, t0 = [], time.perf_counter()
+    for seed in args.seeds:
+        for method in methods:
+            runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, oracle))
+            print(f"[compare] seed {seed} {method.label}: Top@1 {runs[-1]['top1']:+.3f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    rows = aggregate(runs)
+    title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
+                          f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
+    text = table(rows)
+    (args.out / "frontier.json").write_text(json.dumps({"title": title, "runs": runs, "rows": rows}, indent=2))
+    (args.out / "frontier.txt").write_text(title + "\n" + text + "\n")
+    plot(rows, args.out / "frontier.png", title)
+    print(title)
+    print(text)
+    print(f"\nwritten: {args.out}/frontier.json, frontier.txt, frontier.png")

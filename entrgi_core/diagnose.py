@@ -1,0 +1,244 @@
+"""``entrgi diagnose``: which gate does *your* reward model reward?
+
+    entrgi diagnose [--config configs/tiny.yaml] [--prompts 16] [--positions 4] [--samples 256]
+                    [--out outputs/diagnose] [any `entrgi predict` override]
+
+Runs the unguided sampler on the config's prompts and records denoising states at a quarter, half
+and three quarters of the steps. At each state it probes masked positions one at a time (the
+other masked positions filled with one hard sample, so the reward model sees a complete
+response), and bins them by normalised entropy ``H(softmax(phi)) / log V``. Per bin:
+
+(a) **gap**: the reward with the position relaxed to its soft embedding ``q @ E`` minus the
+    expected reward over hard tokens ``E_{x~q} R(x)`` (what a soft input gets wrong);
+(b) **cosine** (over positions whose expected-reward gradient is not zero) between each gate's gradient on the position's logits (soft / Expectation,
+    straight-through / APS, entropy / EntRGi; one hard draw each, averaged over draws) and the
+    gradient of the expected reward, ``(1/tau) q * (R(v) - E R)``: exact by enumerating every
+    token when ``V <= --samples``, else a score-function estimate from ``--samples`` draws.
+
+Writes ``diagnose.json``, ``diagnose.txt`` (the table) and ``diagnose.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from entrgi_core.config import DenoiseConfig
+from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep
+from entrgi_core.ops import relax_embeddings
+from entrgi_core.sampler import generate
+
+BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0001)
+GATES = ("soft", "ste", "entropy")
+
+
+class StateRecorder(Guidance):
+    """Leaves the logits alone and keeps the denoising states of chosen steps."""
+
+    name = "recorder"
+
+    def __init__(self, at: set[int]):
+        super().__init__()
+        self.at, self.states = set(at), []
+
+    def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
+        if step.index in self.at:
+            self.states.append((step, phi.detach().clone(), step.tokens.clone()))
+        return GuidanceOutput(phi)
+
+
+def _one_position(step: GuidanceStep, tokens: Tensor, col: int) -> GuidanceStep:
+    """A step whose canvas (n, L) has only column ``col`` masked, on every row."""
+    n = tokens.shape[0]
+    rows = torch.arange(n, device=tokens.device)
+    return GuidanceStep(index=step.index, total=step.total, reward=step.reward, context=step.context.__class__(
+        [step.context.prompts[0]] * n, {k: _repeat(v, n) for k, v in step.context.data.items()}),
+        vocab=step.vocab, tokens=tokens, rows=rows, cols=torch.full_like(rows, col), stop_ids=step.stop_ids,
+        keys=torch.zeros(n, dtype=torch.long, device=tokens.device), temperature=step.temperature,
+        top_p=step.top_p, top_k=step.top_k)
+
+
+def _repeat(value, n: int):
+    """Row 0 of a context entry (a tensor with a leading row axis, or a list of per-layer pairs),
+    repeated n times."""
+    if isinstance(value, Tensor):
+        return value[:1].expand(n, *value.shape[1:]).contiguous()
+    if isinstance(value, list):
+        return [tuple(_repeat(t, n) for t in pair) for pair in value]
+    return value
+
+
+def _rewards_of_tokens(step: GuidanceStep, canvas: Tensor, col: int, ids: Tensor, chunk: int = 256) -> Tensor:
+    """Rewards (S,) of ``canvas`` (L,) with column ``col`` set to each of ``ids`` (S,)."""
+    out = []
+    none = torch.zeros(0, dtype=torch.long, device=canvas.device)
+    for part in ids.split(chunk):
+        tokens = canvas.expand(len(part), -1).clone()
+        tokens[:, col] = part
+        s = replace(_one_position(step, tokens, col), rows=none, cols=none)
+        e, keep = s.reward_inputs(step.vocab.rm_table.new_zeros(0, step.vocab.rm_table.shape[1]),
+                                  torch.zeros(0, step.vocab.vocab_size, device=canvas.device))
+        with torch.no_grad():
+            out.append(step.reward.score_embeds(s.context, e, keep).float())
+    return torch.cat(out)
+
+
+def probe(step: GuidanceStep, canvas: Tensor, col: int, phi: Tensor, *, tau: float, samples: int, draws: int,
+          gen: torch.Generator) -> dict:
+    """Gap and gate-gradient cosines at masked column ``col`` of ``canvas`` (L,) with logits ``phi`` (V,)."""
+    v = phi.shape[0]
+    q = torch.softmax(phi.float() / tau, -1)                                          # (V,)
+    if v <= samples:                                                                  # exact: every token
+        r_all = _rewards_of_tokens(step, canvas, col, torch.arange(v, device=phi.device))
+        expected = (q * r_all).sum()
+        true_grad = q * (r_all - expected) / tau
+    else:                                                                             # score-function estimate
+        ids = torch.multinomial(q.cpu(), samples, replacement=True, generator=gen).to(phi.device)
+        r = _rewards_of_tokens(step, canvas, col, ids)
+        expected = r.mean()
+        true_grad = torch.zeros(v, device=phi.device).index_add(0, ids, (r - expected) / (tau * samples))
+    # gate gradients: len(GATES) x draws rows, each its own copy of phi
+    n = len(GATES) * draws
+    hard = torch.multinomial(q.cpu(), draws, replacement=True, generator=gen).to(phi.device).repeat(len(GATES))
+    var = phi.float().expand(n, -1).clone().requires_grad_(True)
+    h = torch.special.entr(torch.softmax(phi.float(), -1)).sum() / math.log(v)             # tau_H = 1
+    weights = torch.tensor([0.0] * draws + [1.0] * draws + [float(h)] * draws, device=phi.device)
+    s = _one_position(step, canvas.expand(n, -1).clone(), col)
+    out = relax_embeddings(var, step.table, hard, gate=weights, temperature=tau, validate=False)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(s.score(out.embeds, var).sum(), var)              # (n, V)
+    cos = torch.nn.functional.cosine_similarity(grad, true_grad.expand_as(grad), dim=-1).view(len(GATES), draws)
+    flat = float(true_grad.norm()) < 1e-7        # a (near) deterministic position: no direction to compare
+    one = _one_position(step, canvas[None].clone(), col)
+    soft = one.score(relax_embeddings(phi.float()[None], step.table, hard[:1], gate="soft", temperature=tau,
+                                      validate=False).embeds, phi[None])
+    return {"entropy": float(h), "gap": float(soft[0].detach() - expected),
+            **{f"cos_{g}": None if flat else float(c) for g, c in zip(GATES, cos.mean(1))}}
+
+
+def diagnose(model, reward, prompts: list[str], config: DenoiseConfig, *, positions: int = 4, samples: int = 256,
+             draws: int = 4, seed: int = 0) -> list[dict]:
+    """Per probed position: its normalised entropy, the gap and the three cosines."""
+    at = {config.steps // 4, config.steps // 2, 3 * config.steps // 4}
+    recorder = StateRecorder(at)
+    cfg = DenoiseConfig(**{**config.to_dict(), "num_samples": 1, "seed": seed})
+    tau = config.temperature if config.temperature > 0 else 1.0
+    generate(model, prompts, reward=reward, guidance=recorder, config=cfg)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for step, phi, tokens in recorder.states:
+        for r in range(tokens.shape[0]):
+            mine = (step.rows == r).nonzero().squeeze(1)
+            if mine.numel() == 0:
+                continue
+            ent = torch.special.entr(torch.softmax(phi[mine].float(), -1)).sum(-1)      # spread over the range
+            ranks = torch.linspace(0, mine.numel() - 1, min(positions, mine.numel())).round().long()
+            pick = mine[ent.argsort()[ranks]]
+            filled = tokens[r].clone()                                               # other masked: one hard draw
+            q_all = torch.softmax(phi[mine].float() / tau, -1)
+            filled[step.cols[mine]] = torch.multinomial(q_all.cpu(), 1, generator=gen).squeeze(1).to(filled.device)
+            row_step = replace(step, context=step.context.__class__(
+                [step.context.prompts[r]], {k: _row(v, r) for k, v in step.context.data.items()}))
+            for i in pick.tolist():
+                res = probe(row_step, filled, int(step.cols[i]), phi[i], tau=tau, samples=samples, draws=draws,
+                            gen=gen)
+                out.append({"step": step.index, **res})
+    return out
+
+
+def _row(value, r: int):
+    if isinstance(value, Tensor):
+        return value[r: r + 1]
+    if isinstance(value, list):
+        return [tuple(t[r: r + 1] for t in pair) for pair in value]
+    return value
+
+
+def summarize_bins(points: list[dict]) -> list[dict]:
+    rows = []
+    for lo, hi in zip(BINS, BINS[1:]):
+        pts = [p for p in points if lo <= p["entropy"] < hi]
+        row = {"bin": f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}", "positions": len(pts)}
+        for key in ("gap", *(f"cos_{g}" for g in GATES)):
+            xs = [p[key] for p in pts if p[key] is not None]
+            mean = sum(xs) / len(xs) if xs else float("nan")
+            sem = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0.0
+            row[key], row[key + "_sem"] = mean, sem
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ["entropy bin", "positions", "gap soft - E[hard]", "cos soft", "cos straight-through", "cos entropy"]
+    pm = lambda r, k: "-" if math.isnan(r[k]) else f"{r[k]:+.3f} +- {r[k + '_sem']:.3f}"  # noqa: E731
+    body = [[r["bin"], str(r["positions"]), pm(r, "gap")] + [pm(r, f"cos_{g}") for g in GATES] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["positions"]]
+    x = range(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.errorbar(x, [r["gap"] for r in rows], yerr=[r["gap_sem"] for r in rows], marker="o", capsize=3)
+    left.axhline(0, color="grey", lw=0.5)
+    left.set_ylabel("R(soft) - E[R(hard)]")
+    left.set_title("(a) what the soft input gets wrong")
+    for g, name in zip(GATES, ("soft (Expectation)", "straight-through (APS)", "entropy (EntRGi)")):
+        right.errorbar(x, [r[f"cos_{g}"] for r in rows], yerr=[r[f"cos_{g}_sem"] for r in rows], marker="o",
+                       capsize=3, label=name)
+    right.set_ylabel("cosine with the gradient of E[R]")
+    right.set_title("(b) gradient accuracy by gate")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks(list(x), [r["bin"] for r in rows])
+        ax.set_xlabel("normalised entropy of the position")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from entrgi_core.compare import load
+
+    ap = argparse.ArgumentParser(prog="entrgi diagnose", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", default=None, help="an entrgi predict config (repeatable)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--positions", type=int, default=4, help="masked positions probed per state and prompt")
+    ap.add_argument("--samples", type=int, default=256, help="tokens per position for E[R] (exact when V <= this)")
+    ap.add_argument("--draws", type=int, default=4, help="hard draws per gate gradient")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("outputs/diagnose"))
+    ap.add_argument("--title", default=None)
+    args, overrides = ap.parse_known_args(argv)
+    for name in ("prompts", "positions", "samples", "draws"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"entrgi diagnose: --{name} must be >= 1")
+    configs = args.config or ["configs/tiny.yaml"]
+    model, reward, dm, base = load([a for c in configs for a in ("--config", c)] + overrides)
+    prompts = [it["prompt"] for it in dm.items[: args.prompts]]
+    points = diagnose(model, reward, prompts, base, positions=args.positions, samples=args.samples,
+                      draws=args.draws, seed=args.seed)
+    rows = summarize_bins(points)
+    title = args.title or f"{getattr(reward, 'name', '')} on {getattr(model, 'name', '')}: {len(points)} positions"
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = table(rows)
+    (args.out / "diagnose.json").write_text(json.dumps({"title": title, "points": points, "rows": rows}, indent=2))
+    (args.out / "diagnose.txt").write_text(title + "\n" + text + "\n")
+    plot(rows, args.out / "diagnose.png", title)
+    print(title)
+    print(text)
+    print(f"\nwritten: {args.out}/diagnose.json, diagnose.txt, diagnose.png")
