@@ -194,7 +194,6 @@ def main(argv: list[str] | None = None) -> None:
 
     oracle = getattr(dm, "source", {}).get("dataset") is None and \
         {it["prompt"] for it in items} <= {json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x}
-    args.out.mkdir(parents=True, exist_ok=True)
     methods = default_methods(args.budgets, args.guided_k, args.guided_m)
     runs, t0 = [], time.perf_counter()
     for seed in args.seeds:
@@ -205,10 +204,16 @@ def main(argv: list[str] | None = None) -> None:
     rows = aggregate(runs)
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
                           f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
-    text = table(rows)
-    (args.out / "frontier.json").write_text(json.dumps({"title": title, "runs": runs, "rows": rows}, indent=2))
-    (args.out / "frontier.txt").write_text(title + "\n" + text + "\n")
-    plot(rows, args.out / "frontier.png", title)
+    write_report(args.out, "frontier", title, table(rows), {"runs": runs, "rows": rows},
+                 lambda path: plot(rows, path, title))
+
+
+def write_report(out: Path, name: str, title: str, text: str, payload: dict, plot_to) -> None:
+    """``name``.json (title + payload), ``name``.txt (title + table) and ``name``.png; prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"title": title, **payload}, indent=2))
+    (out / f"{name}.txt").write_text(title + "\n" + text + "\n")
+    plot_to(out / f"{name}.png")
     print(title)
     print(text)
-    print(f"\nwritten: {args.out}/frontier.json, frontier.txt, frontier.png")
+    print(f"\nwritten: {out}/{name}.json, {name}.txt, {name}.png")
