@@ -44,10 +44,11 @@ def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3)) -> list[M
     for name, cls in (("EntRGi", EntRGi), ("Expectation", Expectation), ("APS", StraightThrough)):
         for k in guided_k:
             for m in guided_m:
-                out.append(Method(name, f"{name} K={k} M={m}", k, lambda cls=cls, m=m: cls(steps=m)))
+                out.append(Method(f"{name} M={m}", f"{name} K={k} M={m}", k, lambda cls=cls, m=m: cls(steps=m)))
     for k in guided_k:
-        out.append(Method("EntRGi every 2nd step", f"EntRGi K={k} M=3 every=2", k, lambda: EntRGi(steps=3, every=2)))
-        out.append(Method("EntRGi first half", f"EntRGi K={k} M=3 stop=0.5", k, lambda: EntRGi(steps=3, stop=0.5)))
+        out.append(Method("EntRGi M=3 every 2nd step", f"EntRGi K={k} M=3 every=2", k,
+                          lambda: EntRGi(steps=3, every=2)))
+        out.append(Method("EntRGi M=3 first half", f"EntRGi K={k} M=3 stop=0.5", k, lambda: EntRGi(steps=3, stop=0.5)))
     return out
 
 
@@ -120,12 +121,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [("forward_equivalents", "top1", "Top@1 reward (RM)"), ("seconds", "top1", "Top@1 reward (RM)"),
               ("forward_equivalents", "avg", "Avg@N reward (RM)")]
     if "oracle" in rows[0]:
         panels.append(("forward_equivalents", "oracle", "oracle sentiment of Top@1"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4))
     families = list(dict.fromkeys(r["family"] for r in rows))
     for ax, (x, y, ylabel) in zip(axes, panels):
         for fam in families:
@@ -134,6 +136,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                         marker="o" if fam == "Best-of-N" else ".", lw=2 if fam == "Best-of-N" else 1, capsize=2,
                         label=fam)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("dLLM forward-equivalents per prompt" if x == "forward_equivalents" else "seconds per prompt")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
