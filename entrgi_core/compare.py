@@ -108,7 +108,7 @@ def table(rows: list[dict]) -> str:
     oracle = "oracle" in rows[0]
     head = ["method", "fwd-eq / prompt", "s / prompt", "Top@1 reward", "Avg@N reward"] + \
         (["oracle of Top@1", "valid Top@1"] if oracle else [])
-    pm = lambda r, k: f"{r[k]:+.3f} +- {r[k + '_sem']:.3f}"  # noqa: E731
+    pm = lambda r, k: f"{r[k]:+.3f} +- {r[k + '_sem']:.3f}" if r["seeds"] > 1 else f"{r[k]:+.3f}"  # noqa: E731
     body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}", pm(r, "top1"), pm(r, "avg")] +
             ([pm(r, "oracle"), f"{r['valid']:.2f}"] if oracle else []) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
