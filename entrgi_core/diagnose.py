@@ -51,35 +51,26 @@ class StateRecorder(Guidance):
         return GuidanceOutput(phi)
 
 
-def _one_position(step: GuidanceStep, tokens: Tensor, col: int) -> GuidanceStep:
-    """A step whose canvas (n, L) has only column ``col`` masked, on every row."""
+def _one_position(step: GuidanceStep, prompt: str, tokens: Tensor, col: int) -> GuidanceStep:
+    """A step for ``prompt`` whose canvas (n, L) has only column ``col`` masked, on every row."""
     n = tokens.shape[0]
     rows = torch.arange(n, device=tokens.device)
-    return GuidanceStep(index=step.index, total=step.total, reward=step.reward, context=step.context.__class__(
-        [step.context.prompts[0]] * n, {k: _repeat(v, n) for k, v in step.context.data.items()}),
-        vocab=step.vocab, tokens=tokens, rows=rows, cols=torch.full_like(rows, col), stop_ids=step.stop_ids,
-        keys=torch.zeros(n, dtype=torch.long, device=tokens.device), temperature=step.temperature,
-        top_p=step.top_p, top_k=step.top_k)
+    return GuidanceStep(index=step.index, total=step.total, reward=step.reward,
+                        context=step.reward.prepare([prompt] * n), vocab=step.vocab, tokens=tokens, rows=rows,
+                        cols=torch.full_like(rows, col), stop_ids=step.stop_ids,
+                        keys=torch.zeros(n, dtype=torch.long, device=tokens.device), temperature=step.temperature,
+                        top_p=step.top_p, top_k=step.top_k)
 
 
-def _repeat(value, n: int):
-    """Row 0 of a context entry (a tensor with a leading row axis, or a list of per-layer pairs),
-    repeated n times."""
-    if isinstance(value, Tensor):
-        return value[:1].expand(n, *value.shape[1:]).contiguous()
-    if isinstance(value, list):
-        return [tuple(_repeat(t, n) for t in pair) for pair in value]
-    return value
-
-
-def _rewards_of_tokens(step: GuidanceStep, canvas: Tensor, col: int, ids: Tensor, chunk: int = 256) -> Tensor:
+def _rewards_of_tokens(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, ids: Tensor,
+                       chunk: int = 256) -> Tensor:
     """Rewards (S,) of ``canvas`` (L,) with column ``col`` set to each of ``ids`` (S,)."""
     out = []
     none = torch.zeros(0, dtype=torch.long, device=canvas.device)
     for part in ids.split(chunk):
         tokens = canvas.expand(len(part), -1).clone()
         tokens[:, col] = part
-        s = replace(_one_position(step, tokens, col), rows=none, cols=none)
+        s = replace(_one_position(step, prompt, tokens, col), rows=none, cols=none)
         e, keep = s.reward_inputs(step.vocab.rm_table.new_zeros(0, step.vocab.rm_table.shape[1]),
                                   torch.zeros(0, step.vocab.vocab_size, device=canvas.device))
         with torch.no_grad():
@@ -87,18 +78,19 @@ def _rewards_of_tokens(step: GuidanceStep, canvas: Tensor, col: int, ids: Tensor
     return torch.cat(out)
 
 
-def probe(step: GuidanceStep, canvas: Tensor, col: int, phi: Tensor, *, tau: float, samples: int, draws: int,
-          gen: torch.Generator) -> dict:
-    """Gap and gate-gradient cosines at masked column ``col`` of ``canvas`` (L,) with logits ``phi`` (V,)."""
+def probe(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, phi: Tensor, *, tau: float, samples: int,
+          draws: int, gen: torch.Generator) -> dict:
+    """Gap and gate-gradient cosines at masked column ``col`` of ``prompt``'s canvas (L,) with logits
+    ``phi`` (V,)."""
     v = phi.shape[0]
     q = torch.softmax(phi.float() / tau, -1)                                          # (V,)
     if v <= samples:                                                                  # exact: every token
-        r_all = _rewards_of_tokens(step, canvas, col, torch.arange(v, device=phi.device))
+        r_all = _rewards_of_tokens(step, prompt, canvas, col, torch.arange(v, device=phi.device))
         expected = (q * r_all).sum()
         true_grad = q * (r_all - expected) / tau
     else:                                                                             # score-function estimate
         ids = torch.multinomial(q.cpu(), samples, replacement=True, generator=gen).to(phi.device)
-        r = _rewards_of_tokens(step, canvas, col, ids)
+        r = _rewards_of_tokens(step, prompt, canvas, col, ids)
         expected = r.mean()
         true_grad = torch.zeros(v, device=phi.device).index_add(0, ids, (r - expected) / (tau * samples))
     # gate gradients: len(GATES) x draws rows, each its own copy of phi
@@ -107,14 +99,14 @@ def probe(step: GuidanceStep, canvas: Tensor, col: int, phi: Tensor, *, tau: flo
     var = phi.float().expand(n, -1).clone().requires_grad_(True)
     h = torch.special.entr(torch.softmax(phi.float(), -1)).sum() / math.log(v)             # tau_H = 1
     weights = torch.tensor([0.0] * draws + [1.0] * draws + [float(h)] * draws, device=phi.device)
-    s = _one_position(step, canvas.expand(n, -1).clone(), col)
+    s = _one_position(step, prompt, canvas.expand(n, -1).clone(), col)
     out = relax_embeddings(var, step.table, hard, gate=weights, temperature=tau, validate=False)
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(s.score(out.embeds, var).sum(), var)              # (n, V)
     cos = torch.nn.functional.cosine_similarity(grad, true_grad.expand_as(grad), dim=-1).view(len(GATES), draws)
     # a (near) deterministic position has no direction to compare: both gradients vanish in float32
     flat = float(true_grad.norm()) < 1e-6 or bool((grad.norm(dim=-1) == 0).any())
-    one = _one_position(step, canvas[None].clone(), col)
+    one = _one_position(step, prompt, canvas[None].clone(), col)
     soft = one.score(relax_embeddings(phi.float()[None], step.table, hard[:1], gate="soft", temperature=tau,
                                       validate=False).embeds, phi[None])
     return {"entropy": float(h), "gap": float(soft[0].detach() - expected),
@@ -142,21 +134,11 @@ def diagnose(model, reward, prompts: list[str], config: DenoiseConfig, *, positi
             filled = tokens[r].clone()                                               # other masked: one hard draw
             q_all = torch.softmax(phi[mine].float() / tau, -1)
             filled[step.cols[mine]] = torch.multinomial(q_all.cpu(), 1, generator=gen).squeeze(1).to(filled.device)
-            row_step = replace(step, context=step.context.__class__(
-                [step.context.prompts[r]], {k: _row(v, r) for k, v in step.context.data.items()}))
             for i in pick.tolist():
-                res = probe(row_step, filled, int(step.cols[i]), phi[i], tau=tau, samples=samples, draws=draws,
-                            gen=gen)
+                res = probe(step, prompts[r], filled, int(step.cols[i]), phi[i], tau=tau, samples=samples,
+                            draws=draws, gen=gen)
                 out.append({"step": step.index, **res})
     return out
-
-
-def _row(value, r: int):
-    if isinstance(value, Tensor):
-        return value[r: r + 1]
-    if isinstance(value, list):
-        return [tuple(t[r: r + 1] for t in pair) for pair in value]
-    return value
 
 
 def summarize_bins(points: list[dict]) -> list[dict]:

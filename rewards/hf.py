@@ -107,14 +107,10 @@ class HFRewardModel(RewardAdapter):
 
     def prepare(self, prompts: list[str]) -> RewardContext:
         parts = [self._parts(p) for p in prompts]
-        dev, table = self.device, self.embedding_table
-        pre_len = torch.tensor([len(a) for a, _ in parts], dtype=torch.long, device=dev)
-        suf_len = torch.tensor([len(b) for _, b in parts], dtype=torch.long, device=dev)
-        pre = torch.zeros(len(parts), max(1, int(pre_len.max())), dtype=torch.long, device=dev)
-        suf = torch.zeros(len(parts), max(1, int(suf_len.max())), dtype=torch.long, device=dev)
-        for i, (a, b) in enumerate(parts):
-            pre[i, : len(a)] = torch.tensor(a, dtype=torch.long)
-            suf[i, : len(b)] = torch.tensor(b, dtype=torch.long)
+        table = self.embedding_table
+        pre, pre_keep = pad_token_ids([a for a, _ in parts], self.device)    # (B, P) right-padded
+        suf, suf_keep = pad_token_ids([b for _, b in parts], self.device)    # (B, S)
+        pre_len, suf_len = pre_keep.sum(1), suf_keep.sum(1)
         with torch.no_grad():
             data = dict(prefix=table[pre], prefix_len=pre_len, suffix=table[suf], suffix_len=suf_len)
             if self.uses_prefix_cache:

@@ -139,7 +139,7 @@ def test_diagnose_on_a_linear_reward_has_the_known_answer(dlm):
         phi = 3 * torch.randn(dlm.vocab_size, generator=torch.Generator().manual_seed(seed))
         phi[special] = float("-inf")
         step = make_step(dlm, linear, canvas[None].clone(), torch.tensor([0]), torch.tensor([2]))
-        p = probe(step, canvas, 2, phi, tau=0.7, samples=dlm.vocab_size, draws=2,
+        p = probe(step, PROMPTS[0], canvas, 2, phi, tau=0.7, samples=dlm.vocab_size, draws=2,
                   gen=torch.Generator().manual_seed(seed))
         assert abs(p["gap"]) < 1e-4
         for gate in ("soft", "ste", "entropy"):
