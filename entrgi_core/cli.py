@@ -36,7 +36,7 @@ from rewards.base import RewardAdapter
 KNOWN_CLASSES = {          # what a misspelled class_path is compared with
     "--dlm": ["entrgi_core.models.DreamLM", "entrgi_core.models.LLaDALM", "entrgi_core.models.MaskedLM"],
     "--reward": ["rewards.HFRewardModel"],
-    "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES],
+    "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES + guidance.PARTICLE_STRATEGIES],
 }
 
 

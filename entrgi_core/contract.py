@@ -1,7 +1,10 @@
 """The contract between the sampler and its guidance strategies.
 
 Each denoising step the sampler builds a ``GuidanceStep`` (by keyword) and, when the strategy is
-``active``, calls ``strategy.refine(phi, step)``, which returns a ``GuidanceOutput``. The step
+``active``, calls ``strategy.refine(phi, step)``, which returns a ``GuidanceOutput``. Strategies
+that act on a prompt's K samples together (particle methods, ``guidance.SMC``) also return a
+state from ``begin``; the sampler then calls ``observe(state, step, update)`` after every commit
+and reorders its rows within each prompt by the ancestors it returns. The step
 carries the sampler's own temperature, top-p and top-k (one source of truth) and everything a
 strategy needs to score relaxed inputs with the reward model; ``AlignedVocab`` is how dLLM
 tokens enter the reward model. Strategies live in ``guidance/`` and build on this module; the
@@ -82,14 +85,15 @@ class GuidanceStep:
 
     index: int
     total: int
-    reward: object                # RewardAdapter
-    context: object               # its RewardContext for the R rows
-    vocab: AlignedVocab
+    reward: object | None         # RewardAdapter (None only when the strategy reads no reward model)
+    context: object | None        # its RewardContext for the R rows
+    vocab: AlignedVocab | None
     tokens: Tensor                # (R, L) response canvas; masked positions hold the mask id
     rows: Tensor                  # (N,) row of each masked position
     cols: Tensor                  # (N,) column of each masked position
     stop_ids: Tensor              # (S,) ids that end a response
     keys: Tensor                  # (R,) per-row random keys
+    samples: int                  # K: rows b*K .. b*K + K - 1 are prompt b's samples
     temperature: float            # the sampler's tau (0 = greedy)
     top_p: float                  # the sampler's nucleus
     top_k: int | None             # the sampler's top-k
@@ -155,6 +159,17 @@ class GuidanceOutput:
     reward_after: Tensor | None = None    # (R,) after it (only when step.diagnose: one more RM forward)
 
 
+@dataclass(frozen=True)
+class StepUpdate:
+    """What one denoising step did at its N masked positions (given to ``Guidance.observe``)."""
+
+    base: Tensor          # (N, V) the model's logits, before guidance
+    proposal: Tensor      # (N, V) the logits the tokens were sampled from (``base`` itself when unguided)
+    sampled: Tensor       # (N,) the token sampled at each masked position
+    committed: Tensor     # (N,) bool: committed at this step (the others stay masked)
+    tokens: Tensor        # (R, L) the response canvas after the commit
+
+
 class Guidance(nn.Module, abc.ABC):
     """A guidance strategy: refines the masked positions' logits at a denoising step.
 
@@ -177,6 +192,21 @@ class Guidance(nn.Module, abc.ABC):
     @abc.abstractmethod
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
         """Refined logits (N, V) float32 from the model's logits ``phi`` (N, V), plus diagnostics."""
+
+    def begin(self, prompts: int, samples: int, device) -> object | None:
+        """Per-generation state for a strategy that acts on each prompt's K samples together (a
+        particle method); None (the default) for strategies that guide each sample on its own."""
+        return None
+
+    def observe(self, state, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
+        """Called after every commit when ``begin`` gave a state: (R,) ancestor row of each row (rows
+        of the same prompt only) to resample the samples, or None to keep them. The sampler reorders
+        the canvas by it; each row keeps its own random keys."""
+        return None
+
+    def report(self, state) -> dict[str, list]:
+        """Per-prompt diagnostics of a generation (each value a list of B JSON-ready items)."""
+        return {}
 
     def settings(self) -> dict:
         """What determines this strategy's behaviour (for run records and the resume check)."""

@@ -58,7 +58,8 @@ def _one_position(step: GuidanceStep, prompt: str, tokens: Tensor, col: int) -> 
     return GuidanceStep(index=step.index, total=step.total, reward=step.reward,
                         context=step.reward.prepare([prompt] * n), vocab=step.vocab, tokens=tokens, rows=rows,
                         cols=torch.full_like(rows, col), stop_ids=step.stop_ids,
-                        keys=torch.zeros(n, dtype=torch.long, device=tokens.device), temperature=step.temperature,
+                        keys=torch.zeros(n, dtype=torch.long, device=tokens.device), samples=n,
+                        temperature=step.temperature,
                         top_p=step.top_p, top_k=step.top_k)
 
 

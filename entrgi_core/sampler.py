@@ -6,7 +6,8 @@ once), a sample at every masked position, and a commit of the most confident one
 and confidence rule of ``entrgi_core.schedules``). Every random draw is keyed by (seed, prompt id,
 sample, step, position), so a prompt's samples do not depend on what it is batched with or on
 which device it runs. Guidance is any object with the ``entrgi_core.contract.Guidance``
-interface; ``guidance=None`` is unguided sampling.
+interface; ``guidance=None`` is unguided sampling. A particle strategy (``Guidance.begin`` returns
+a state) sees every step's update after the commit and may resample each prompt's rows.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from entrgi_core import rng
 from entrgi_core.config import DenoiseConfig
-from entrgi_core.contract import Guidance, GuidanceStep
+from entrgi_core.contract import Guidance, GuidanceStep, StepUpdate
 from entrgi_core.sampling import neg_entropy, sample_tokens
 from entrgi_core.schedules import check_rule, commit_mask, make_schedule
 
@@ -44,6 +45,8 @@ class GenerationResult:
     reward_after: Tensor | None = None
     # per prompt, each a list of B numbers: see ``account``
     compute: dict = field(default_factory=dict)
+    # a particle strategy's per-prompt diagnostics (diagnose=True), each a list of B items
+    particles: dict = field(default_factory=dict)
 
     def records(self, method: str = "", seed: int | None = None) -> list[dict]:
         """One JSON-ready dict per prompt; every value is the prompt's own."""
@@ -59,6 +62,8 @@ class GenerationResult:
                 values = getattr(self, key)
                 if values is not None:
                     rec[f"{key}_by_step"] = {s: float(v) for s, v in zip(self.guided_steps, values[b].tolist())}
+            for key, values in self.particles.items():
+                rec[key] = values[b]
             if self.compute:
                 rec["compute"] = {key: values[b] for key, values in self.compute.items()}
             rec.update(method=method, seed=seed)
@@ -170,6 +175,7 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
     confidence = cfg.alg if cfg.alg in SAMPLE_CONFIDENCES else None
     diag = {"step": [], "weight": [], "reward_before": [], "reward_after": []}
     at_block_start = None
+    state = guidance.begin(len(prompts), k, device) if guidance is not None else None
 
     for step in range(cfg.steps):
         block, local = divmod(step, per_block)
@@ -187,11 +193,11 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         if not torch.isfinite(phi0).all():
             raise FloatingPointError(f"generate: the model returned non-finite logits at denoising step {step}")
         phi = phi0
+        gstep = GuidanceStep(index=step, total=cfg.steps, reward=reward if guided else None, context=context,
+                             vocab=vocab, tokens=resp, rows=rows, cols=cols, stop_ids=stop_ids, keys=keys,
+                             samples=k, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                             diagnose=diagnose, template_tokens=template, usage=usage)
         if guided and guidance.active(step, cfg.steps):
-            gstep = GuidanceStep(index=step, total=cfg.steps, reward=reward, context=context, vocab=vocab,
-                                 tokens=resp, rows=rows, cols=cols, stop_ids=stop_ids, keys=keys,
-                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, diagnose=diagnose,
-                                 template_tokens=template, usage=usage)
             out = guidance.refine(phi0, gstep)
             phi = out.logits
             _collect(diag, step, out, gstep, len(prompts), k)
@@ -209,6 +215,13 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         proposal = resp.clone()
         proposal[rows, cols] = x0
         canvas[:, p:] = torch.where(commit, proposal, resp)
+        if state is not None:
+            update = StepUpdate(base=phi0, proposal=phi, sampled=x0, committed=commit[rows, cols],
+                                tokens=canvas[:, p:])
+            ancestors = guidance.observe(state, gstep, update)        # (R,) or None
+            if ancestors is not None:                                  # resample within prompts
+                canvas = canvas[ancestors]
+                at_block_start = at_block_start[ancestors]
 
     tokens = canvas[:, p:].reshape(len(prompts), k, length)
     texts = [[_decode(model, row) for row in tokens[b].tolist()] for b in range(len(prompts))]
@@ -220,8 +233,10 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         avg_r = rewards.mean(1)
     stacked = {key: torch.stack(v, 1).cpu() if v else None for key, v in diag.items() if key != "step"}
     compute = account(model, reward, prompts, encoded, texts, cfg, forwards, usage)
+    particles = guidance.report(state) if state is not None and diagnose else {}
     return GenerationResult(prompts, list(prompt_ids), tokens.cpu(), texts, rewards, best_i, best_r, avg_r,
-                            time.perf_counter() - t0, guided_steps=diag["step"], compute=compute, **stacked)
+                            time.perf_counter() - t0, guided_steps=diag["step"], compute=compute,
+                            particles=particles, **stacked)
 
 
 def account(model, reward, prompts, encoded, texts, cfg: DenoiseConfig, forwards: int, usage: Tensor | None) -> dict:

@@ -90,3 +90,21 @@ def neg_entropy(logits: Tensor, *, temperature: float, top_p: float = 1.0, top_k
     for sl in _chunks(n, v):
         conf[sl] = -torch.special.entr(_filtered_probs(logits[sl], temperature, top_p, top_k)[0]).sum(-1)
     return conf
+
+
+@torch.no_grad()
+def token_log_probs(logits: Tensor, tokens: Tensor, *, temperature: float, top_p: float = 1.0,
+                    top_k: int | None = None) -> Tensor:
+    """log q(tokens) (N,) float64 under the distribution ``sample_tokens`` draws from (temperature,
+    then top-p / top-k, renormalised) for ``logits`` (N, V) and ``tokens`` (N,); -inf for a token
+    the filters drop. Needs ``temperature > 0``."""
+    if not temperature > 0:
+        raise ValueError("token_log_probs: a greedy sampler (temperature 0) has no token probabilities")
+    n, v = logits.shape
+    out = torch.empty(n, dtype=torch.float64, device=logits.device)
+    for sl in _chunks(n, v):
+        probs, order = _filtered_probs(logits[sl], temperature, top_p, top_k)
+        if order is not None:                                # back to vocabulary order
+            probs = torch.zeros_like(probs).scatter_(1, order, probs)
+        out[sl] = probs.gather(1, tokens[sl, None]).squeeze(1).double().log()
+    return out

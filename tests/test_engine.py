@@ -105,7 +105,7 @@ def make_step(dlm, rm, tokens, rows, cols, **kw):
     fields = dict(index=0, total=10, reward=rm, context=rm.prepare(PROMPTS[:1] * r),
                   vocab=rm.aligned(dlm.tokenizer, dlm.vocab_size), tokens=tokens, rows=rows, cols=cols,
                   stop_ids=torch.tensor(dlm.stop_ids, device=tokens.device), keys=torch.arange(r, device=tokens.device),
-                  temperature=0.7, top_p=0.95, top_k=None)
+                  samples=r, temperature=0.7, top_p=0.95, top_k=None)
     return GuidanceStep(**{**fields, **kw})
 
 

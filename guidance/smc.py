@@ -1,0 +1,225 @@
+"""Sequential Monte Carlo over a prompt's K samples, with any strategy as the proposal.
+
+The K samples of a prompt are particles aimed at ``p_base(x | prompt) * exp(R(x) / beta)``.
+Every denoising step the proposal (``None``: the model itself, i.e. FK steering; or Expectation,
+APS, EntRGi) refines the logits the sampler draws from; each committed token multiplies its
+particle's weight by ``p_base(token) / q_proposal(token)`` (both under the sampler's temperature,
+top-p and top-k; base = the model's logits before guidance), so guidance moves particles without
+biasing the target. Every ``every`` steps the partial samples are scored by the reward model, an
+intermediate reward ``r_t`` (masked positions relaxed with the proposal's gate, or completed by
+the argmax of the proposal's logits), and the weights take the increment of the potential:
+
+- ``"difference"``: ``exp((r_t - r_prev) / beta)``; the increments telescope to ``exp(r / beta)``
+  of the last reward read, so the target is exact up to that reward being intermediate;
+- ``"max"``: the intermediate targets use ``exp(max_s r_s / beta)`` (increments of the running max);
+- ``"sum"``: they use ``exp(sum_s r_s / beta)`` (increment ``exp(r_t / beta)``).
+
+When a prompt's effective sample size ``(sum w)^2 / sum w^2`` is at most ``ess_threshold * K``
+its particles are resampled (systematic resampling, one uniform per prompt and step from the
+counter-based keys, so the result is the same alone, batched or on any device) and their weights
+reset. A row keeps its own random keys after resampling, so copies of one particle diverge.
+Not reweighted: which positions are committed at a step (the sampler's confidence rule reads the
+proposal's probabilities), as in published SMC samplers for masked diffusion.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from entrgi_core import rng
+from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, StepUpdate
+from entrgi_core.ops import relax_embeddings
+from entrgi_core.sampling import token_log_probs
+
+POTENTIALS = ("difference", "max", "sum")
+INTERMEDIATE = ("relaxed", "hard")
+
+
+@dataclass
+class Particles:
+    """The running state of one generation: B prompts x K particles, all on the device."""
+
+    prompts: int
+    samples: int
+    log_weight: Tensor          # (R,) float64, since the last resampling
+    potential: Tensor           # (R,) float64, beta x the log-potential so far: r, max r or sum r
+    reads: int = 0              # intermediate rewards read so far
+    steps: list = field(default_factory=list)       # denoising steps observed
+    ess: list = field(default_factory=list)         # (B,) ESS after each, before any resampling
+    resampled: list = field(default_factory=list)   # (B,) bool per step: resampled then
+
+
+class SMC(Guidance):
+    """Sequential Monte Carlo steering of the K samples (see the module docstring).
+
+    Args:
+        proposal: the strategy that refines each step's logits (None: the model's own, FK steering).
+        beta: temperature of the target ``p_base * exp(R / beta)``; ``float("inf")`` reweights by
+            the importance factors only (and with no proposal never resamples).
+        potential: "difference", "max" or "sum".
+        intermediate: the reward of a partial sample: "relaxed" (masked positions as the proposal's
+            gated relaxation; EntRGi's gate when the proposal has none) or "hard" (each masked
+            position completed by the argmax of the proposal's logits).
+        every: read the intermediate reward, and consider resampling, every k-th denoising step
+            (steps k-1, 2k-1, ...; never at the last step, which is scored as a whole).
+        ess_threshold: resample a prompt when its ESS is at most this fraction of K (1: at every
+            reading; 0: never).
+        scheme: "systematic" (the only one implemented).
+    """
+
+    name = "smc"
+
+    def __init__(self, proposal: Guidance | None = None, beta: float = 1.0, potential: str = "difference",
+                 intermediate: str = "relaxed", every: int = 1, ess_threshold: float = 0.5,
+                 scheme: str = "systematic"):
+        super().__init__()
+        if proposal is not None and not isinstance(proposal, Guidance):
+            raise ValueError(f"SMC: proposal must be a guidance strategy or None, got {type(proposal).__name__}")
+        if isinstance(proposal, SMC):
+            raise ValueError("SMC: the proposal cannot itself be SMC")
+        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and beta > 0 and not math.isnan(beta)):
+            raise ValueError(f"SMC: beta must be > 0 (float('inf'): no reward weighting), got {beta!r}")
+        if potential not in POTENTIALS:
+            raise ValueError(f"SMC: potential must be one of {POTENTIALS}, got {potential!r}")
+        if intermediate not in INTERMEDIATE:
+            raise ValueError(f"SMC: intermediate must be one of {INTERMEDIATE}, got {intermediate!r}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"SMC: every must be an integer >= 1, got {every!r}")
+        if isinstance(ess_threshold, bool) or not (isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1):
+            raise ValueError(f"SMC: ess_threshold must lie in [0, 1], got {ess_threshold!r}")
+        if scheme != "systematic":
+            raise ValueError(f"SMC: scheme must be 'systematic', got {scheme!r}")
+        self.proposal = proposal
+        self.beta = float(beta)
+        self.potential, self.intermediate, self.every = potential, intermediate, every
+        self.ess_threshold, self.scheme = float(ess_threshold), scheme
+
+    # ------------------------------------------------------------------ the Guidance interface
+
+    @property
+    def weighs_reward(self) -> bool:
+        return math.isfinite(self.beta)
+
+    @property
+    def needs_reward(self) -> bool:
+        return self.weighs_reward or (self.proposal is not None and self.proposal.needs_reward)
+
+    def active(self, index: int, total: int) -> bool:
+        return self.proposal is not None and self.proposal.needs_reward and self.proposal.active(index, total)
+
+    def check(self, temperature: float, top_p: float) -> None:
+        if not temperature > 0:
+            raise ValueError("SMC: the sampler is greedy (temperature 0); importance weights need token "
+                             "probabilities, so sample with temperature > 0")
+        if self.proposal is not None and self.proposal.needs_reward:
+            self.proposal.check(temperature, top_p)
+
+    def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
+        if not self.active(step.index, step.total):
+            return GuidanceOutput(phi)
+        return self.proposal.refine(phi, step)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "proposal": self.proposal.settings() if self.proposal is not None else None,
+                "beta": self.beta, "potential": self.potential, "intermediate": self.intermediate,
+                "every": self.every, "ess_threshold": self.ess_threshold, "scheme": self.scheme}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k not in ("class", "proposal"))
+
+    # ------------------------------------------------------------------ particles
+
+    def begin(self, prompts: int, samples: int, device) -> Particles:
+        zeros = torch.zeros(prompts * samples, dtype=torch.float64, device=device)
+        return Particles(prompts, samples, zeros, zeros.clone())
+
+    def reads_reward(self, index: int, total: int) -> bool:
+        """Whether step ``index`` reads the intermediate reward and may resample."""
+        return (index + 1) % self.every == 0 and index < total - 1
+
+    def observe(self, state: Particles, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
+        b, k = state.prompts, state.samples
+        if update.proposal is not update.base:                         # importance factor p_base / q
+            opts = dict(temperature=step.temperature, top_p=step.top_p, top_k=step.top_k)
+            lp = token_log_probs(update.base, update.sampled, **opts)    # (N,) -inf outside base's filters
+            lq = token_log_probs(update.proposal, update.sampled, **opts)
+            keep = update.committed & torch.isfinite(lq)
+            state.log_weight.index_add_(0, step.rows, torch.where(keep, lp - lq, torch.zeros_like(lp)))
+        reads = self.reads_reward(step.index, step.total)
+        if reads and self.weighs_reward:
+            r = self.intermediate_reward(step, update).double()        # (R,)
+            if self.potential == "max" and state.reads:
+                new = torch.maximum(state.potential, r)
+            elif self.potential == "sum":
+                new = state.potential + r
+            else:                                                      # difference, or the first max
+                new = r
+            state.log_weight += (new - state.potential) / self.beta
+            state.potential = new
+            state.reads += 1
+        lw = state.log_weight.view(b, k)
+        lw = torch.where(torch.isneginf(lw).all(1, keepdim=True), torch.zeros_like(lw), lw)   # all dead: uniform
+        w = torch.softmax(lw, dim=1)                                   # (B, K) normalised weights
+        ess = 1.0 / (w * w).sum(1)                                     # (B,)
+        state.steps.append(step.index)
+        state.ess.append(ess)
+        if not reads:
+            state.resampled.append(torch.zeros_like(ess, dtype=torch.bool))
+            return None
+        resample = ess <= self.ess_threshold * k                       # (B,)
+        u = rng.uniform(rng.derive(step.keys[::k], rng.RESAMPLE, step.index))   # (B,) one per prompt
+        picked = systematic(w, u)                                      # (B, K) within-prompt ancestors
+        own = torch.arange(k, device=w.device).expand(b, k)
+        local = torch.where(resample[:, None], picked, own)
+        ancestors = (local + k * torch.arange(b, device=w.device)[:, None]).reshape(-1)   # (R,)
+        state.log_weight = torch.where(resample[:, None], torch.zeros_like(lw), lw).reshape(-1)[ancestors]
+        state.potential = state.potential[ancestors]
+        state.resampled.append(resample)
+        return ancestors
+
+    def intermediate_reward(self, step: GuidanceStep, update: StepUpdate) -> Tensor:
+        """Rewards (R,) of the canvas after the commit, its masked positions relaxed or completed
+        from the proposal's logits. One host sync (the still-masked positions)."""
+        left = ~update.committed
+        rows, cols, phi = step.rows[left], step.cols[left], update.proposal[left]
+        with torch.no_grad():
+            if self.intermediate == "hard":
+                tokens = update.tokens.index_put((rows, cols), phi.argmax(-1))
+                none = rows[:0]
+                done = replace(step, tokens=tokens, rows=none, cols=none)
+                return done.score(phi.new_zeros(0, step.table.shape[1]), phi[:0])
+            after = replace(step, tokens=update.tokens, rows=rows, cols=cols)
+            gate = getattr(self.proposal, "gate", "entropy")
+            if hasattr(self.proposal, "sampling"):
+                tau, top_p = self.proposal.sampling(step.temperature, step.top_p)
+                tau_h = self.proposal.entropy_temperature
+            else:
+                tau, top_p, tau_h = step.temperature, step.top_p, 1.0
+            hard = after.hard_tokens(phi, -1, temperature=tau, top_p=top_p)
+            out = relax_embeddings(phi, step.table, hard, gate=gate, temperature=tau, entropy_temperature=tau_h,
+                                   validate=False)
+            return after.score(out.embeds, phi)
+
+    def report(self, state: Particles) -> dict[str, list]:
+        """Per prompt: ``ess_by_step`` {step: ESS after the step's update, before resampling} and
+        ``resampled_at`` [steps]."""
+        if not state.steps:
+            return {"ess_by_step": [{} for _ in range(state.prompts)], "resampled_at": [[] for _ in range(state.prompts)]}
+        ess = torch.stack(state.ess, 1).cpu().tolist()                # (B, S)
+        res = torch.stack(state.resampled, 1).cpu().tolist()
+        return {"ess_by_step": [{s: round(e, 4) for s, e in zip(state.steps, row)} for row in ess],
+                "resampled_at": [[s for s, r in zip(state.steps, row) if r] for row in res]}
+
+
+def systematic(weights: Tensor, u: Tensor) -> Tensor:
+    """Systematic resampling: (B, K) ancestor indices from normalised ``weights`` (B, K) and one
+    uniform per row ``u`` (B,): particle i takes the index whose cumulative weight first exceeds
+    (u + i) / K."""
+    b, k = weights.shape
+    cdf = weights.double().cumsum(1)
+    cdf = cdf / cdf[:, -1:]                                            # exact 1 at the end
+    points = (u.double()[:, None] + torch.arange(k, device=weights.device, dtype=torch.float64)) / k
+    return torch.searchsorted(cdf, points, right=True).clamp_(max=k - 1)
