@@ -34,7 +34,8 @@ from entrgi_core.writer import JsonlPredictionWriter
 from rewards.base import RewardAdapter
 
 KNOWN_CLASSES = {          # what a misspelled class_path is compared with
-    "--dlm": ["entrgi_core.models.DreamLM", "entrgi_core.models.LLaDALM", "entrgi_core.models.MaskedLM"],
+    "--dlm": ["entrgi_core.models.DreamLM", "entrgi_core.models.LLaDALM", "entrgi_core.models.MaskedLM",
+              "entrgi_core.diffusion_gemma.DiffusionGemmaLM"],
     "--reward": ["rewards.HFRewardModel"],
     "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES + guidance.PARTICLE_STRATEGIES],
 }

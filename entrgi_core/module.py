@@ -36,6 +36,8 @@ class GuidedDenoiser(L.LightningModule):
             raise ValueError(f"GuidedDenoiser: {type(guidance).__name__} needs a reward model (reward=None)")
         if self.guided:
             guidance.check(self.config.temperature, self.config.top_p)
+        if hasattr(model, "check_config"):           # a model with its own sampler (DiffusionGemma)
+            model.check_config(self.config, guidance)
         self.save_hyperparameters(self.run_config())
 
     @property

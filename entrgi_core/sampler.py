@@ -5,7 +5,8 @@ one dLLM forward over all B*K rows, guidance on the masked positions' logits (al
 once), a sample at every masked position, and a commit of the most confident ones (the schedule
 and confidence rule of ``entrgi_core.schedules``). Every random draw is keyed by (seed, prompt id,
 sample, step, position), so a prompt's samples do not depend on what it is batched with or on
-which device it runs. Guidance is any object with the ``entrgi_core.contract.Guidance``
+which device it runs. A model with its own sampler (``entrgi_core.diffusion_gemma``) runs that
+instead, after the same checks. Guidance is any object with the ``entrgi_core.contract.Guidance``
 interface; ``guidance=None`` is unguided sampling. A particle strategy (``Guidance.begin`` returns
 a state) sees every step's update after the commit and may resample each prompt's rows.
 """
@@ -149,6 +150,9 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         raise ValueError(f"generate: {type(guidance).__name__} needs a reward model (reward=None)")
     if guided:
         guidance.check(cfg.temperature, cfg.top_p)
+    own_loop = getattr(model, "generate_own", None)
+    if own_loop is not None:
+        model.check_config(cfg, guidance)
     schedule = make_schedule(cfg.schedule or model.default_schedule)
     check_rule(cfg.alg, schedule)
     device = model.device
@@ -156,6 +160,9 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
     encoded = model.encode_prompts(prompts)
     check_prompt_lengths(model, encoded, prompt_ids, cfg.max_new_tokens, reward=reward, prompts=prompts,
                          max_pieces=vocab.max_pieces if vocab is not None else 1)
+    if own_loop is not None:            # a model with its own sampler (DiffusionGemma): guided by a logits processor
+        return own_loop(prompts, encoded, reward=reward, guidance=guidance, config=cfg, prompt_ids=list(prompt_ids),
+                        diagnose=diagnose)
     stop_ids = torch.tensor(model.stop_ids, dtype=torch.long, device=device)
 
     t0 = time.perf_counter()

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
     "import entrgi_core", "import entrgi_core.cli", "import entrgi_core.module", "import entrgi_core.sampler",
     "import entrgi_core.contract", "import entrgi_core.data", "import entrgi_core.writer", "import entrgi_core.demo",
     "import guidance.base", "import rewards.hf", "from entrgi_core.tinyworld import evaluate",
-    "from guidance import SMC",
+    "from guidance import SMC", "from guidance import GuidanceLogitsProcessor", "from guidance import DreamGuidanceHook",
+    "import entrgi_core.diffusion_gemma", "import entrgi_core.tinyworld.diffusion_gemma",
 ])
 def test_each_public_module_imports_first_in_a_fresh_interpreter(statement):
     proc = subprocess.run([sys.executable, "-c", statement], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -239,7 +239,11 @@ def print_config(files, capsys, *extra):
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("files", [[ROOT / "configs" / "tiny.yaml"]] + COMBOS,
+GEMMA = [PAPER / "base.yaml", ROOT / "configs" / "diffusion_gemma.yaml", PAPER / "reward" / "skywork1p7b.yaml",
+         PAPER / "data" / "rmbench.yaml", PAPER / "method" / "entrgi.yaml"]
+
+
+@pytest.mark.parametrize("files", [[ROOT / "configs" / "tiny.yaml"]] + COMBOS + [GEMMA],
                          ids=lambda fs: "+".join(f.stem for f in fs[1:]) or fs[0].stem)
 def test_every_documented_combination_parses(files, capsys, monkeypatch):
     """Class paths resolve and values are valid, without loading any weights."""
@@ -250,7 +254,9 @@ def test_every_documented_combination_parses(files, capsys, monkeypatch):
     DenoiseConfig(**cfg["sampling"])
     g = cfg["guidance"]
     getattr(guidance_pkg, g["class_path"].rsplit(".", 1)[1])(**(g.get("init_args") or {}))
-    assert cfg["dlm"]["class_path"].rsplit(".", 1)[1] in ("DreamLM", "LLaDALM", "MaskedLM")
+    assert cfg["dlm"]["class_path"].rsplit(".", 1)[1] in ("DreamLM", "LLaDALM", "MaskedLM", "DiffusionGemmaLM")
+    if "DiffusionGemma" in cfg["dlm"]["class_path"]:
+        assert cfg["sampling"]["top_p"] == 1.0
     assert cfg["reward"]["class_path"].endswith("HFRewardModel")
     if files[0].name == "base.yaml":
         assert cfg["data"]["slicing"] == "hf" and cfg["data"]["subset_size"] == 64

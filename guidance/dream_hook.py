@@ -1,0 +1,67 @@
+"""Reward guidance inside Dream's own sampler, as its ``generation_logits_hook_func``.
+
+    hook = DreamGuidanceHook(reward, EntRGi(steps=3), tokenizer=tok, prompts=prompts,
+                             temperature=0.2, top_p=0.95)
+    out = model.diffusion_generate(input_ids, attention_mask=attn, max_new_tokens=128, steps=128,
+                                   temperature=0.2, top_p=0.95, alg="entropy",
+                                   generation_logits_hook_func=hook)
+
+Dream's ``diffusion_generate`` (remote code of Dream-v0-*-7B) calls ``hook(step, x, logits)`` each
+denoising step with the canvas ``x`` (B, prompt + response), whose masked positions hold the mask
+id, and the (already shifted) logits (B, prompt + response, V), and samples the masked positions
+from what the hook returns. The hook refines the masked positions' logits of the response; the
+reward model sees the committed response tokens as themselves and the masked ones relaxed. Give
+the hook the sampler's temperature and top-p (the relaxation uses them). One hook per
+``diffusion_generate`` call; it reads the prompt width at step 0.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from guidance.canvas import CanvasGuide
+
+
+class DreamGuidanceHook(CanvasGuide):
+    """Dream's ``generation_logits_hook_func``. See ``guidance.canvas.CanvasGuide`` for the
+    arguments; in addition ``mask_id`` (default: the tokenizer's mask token) and ``steps`` (the
+    ``steps`` given to ``diffusion_generate``, for strategies guiding only part of the steps;
+    default: all steps are treated alike)."""
+
+    who = "DreamGuidanceHook"
+
+    def __init__(self, reward, strategy, *, tokenizer, prompts, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int = 0, stop_ids: list[int] | None = None, mask_id: int | None = None,
+                 steps: int | None = None):
+        mask_id = getattr(tokenizer, "mask_token_id", None) if mask_id is None else mask_id
+        if mask_id is None:
+            raise ValueError(f"{self.who}: the tokenizer has no mask token; pass mask_id=...")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"{self.who}: steps must be None or an integer >= 1, got {steps!r}")
+        super().__init__(reward, strategy, tokenizer=tokenizer, prompts=prompts, temperature=temperature, top_p=top_p,
+                         seed=seed, stop_ids=[t for t in (stop_ids if stop_ids is not None else
+                                                         [tokenizer.eos_token_id, tokenizer.pad_token_id])
+                                              if t is not None and t != mask_id])
+        self.mask_id, self.steps = int(mask_id), steps
+        self.prompt_length = None
+
+    def __call__(self, step: int, x: Tensor, logits: Tensor) -> Tensor:
+        if logits is None or logits.dim() != 3 or x.shape != logits.shape[:2]:
+            raise ValueError(f"{self.who}: expected x (B, S) and logits (B, S, V) from Dream's diffusion_generate, "
+                             f"got {None if x is None else tuple(x.shape)} and "
+                             f"{None if logits is None else tuple(logits.shape)}")
+        masked = x == self.mask_id                                     # (B, S)
+        if step == 0 or self.prompt_length is None:
+            if not masked.any():
+                return logits
+            self.prompt_length = int(masked.int().argmax(1)[masked.any(1)].min())   # first masked column
+        p = self.prompt_length
+        tokens = x[:, p:]                                              # (B, L) response canvas
+        rows, cols = masked[:, p:].nonzero(as_tuple=True)              # (N,) one host sync
+        total = self.steps or (int(step) + 1)
+        phi0 = logits[:, p:][rows, cols]                               # (N, V)
+        phi = self.refine(tokens, rows, cols, phi0, int(step), max(total, int(step) + 1))
+        if phi is phi0:                                                # not guided at this step
+            return logits
+        out = logits.clone()
+        out[:, p:][rows, cols] = phi
+        return out
