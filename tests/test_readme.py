@@ -39,9 +39,35 @@ def test_python_blocks_run(block, tmp_path, monkeypatch):
 
     monkeypatch.setattr(DreamLM, "from_pretrained", tiny_dream)
     monkeypatch.setattr(HFRewardModel, "from_pretrained", tiny_rm)
+    patch_dreams_own_sampler(monkeypatch)
     monkeypatch.chdir(ROOT)
     code = block.replace('"outputs/readme"', repr(str(tmp_path / "readme")))
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+def patch_dreams_own_sampler(monkeypatch):
+    """``AutoModel`` / ``AutoTokenizer`` of a Dream hub name give the tiny world's masked LM behind a
+    stand-in ``diffusion_generate`` with Dream's calling convention (``tests/dream_like.py``)."""
+    import transformers
+
+    from entrgi_core import MaskedLM, tinyworld
+    from tests.dream_like import DreamLike
+
+    model_loader, tok_loader = transformers.AutoModel.from_pretrained, transformers.AutoTokenizer.from_pretrained
+
+    def model(name, *args, **kwargs):
+        if not str(name).startswith("Dream-org/"):
+            return model_loader(name, *args, **kwargs)
+        dlm = MaskedLM(str(tinyworld.dlm_path()))
+        return DreamLike(dlm.model, dlm.mask_id)
+
+    def tokenizer(name, *args, **kwargs):
+        if not str(name).startswith("Dream-org/"):
+            return tok_loader(name, *args, **kwargs)
+        return MaskedLM(str(tinyworld.dlm_path())).tokenizer
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith(".venv/bin/entrgi")])
