@@ -37,6 +37,9 @@ class DreamGuidanceHook(CanvasGuide):
             raise ValueError(f"{self.who}: the tokenizer has no mask token; pass mask_id=...")
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"{self.who}: steps must be None or an integer >= 1, got {steps!r}")
+        if steps is None and (getattr(strategy, "start", 0.0) > 0 or getattr(strategy, "stop", 1.0) < 1):
+            raise ValueError(f"{self.who}: {type(strategy).__name__} guides only the steps with start <= step / T < "
+                             "stop; give the hook diffusion_generate's steps (steps=T) so it knows T")
         super().__init__(reward, strategy, tokenizer=tokenizer, prompts=prompts, temperature=temperature, top_p=top_p,
                          seed=seed, stop_ids=[t for t in (stop_ids if stop_ids is not None else
                                                          [tokenizer.eos_token_id, tokenizer.pad_token_id])
@@ -57,9 +60,9 @@ class DreamGuidanceHook(CanvasGuide):
         p = self.prompt_length
         tokens = x[:, p:]                                              # (B, L) response canvas
         rows, cols = masked[:, p:].nonzero(as_tuple=True)              # (N,) one host sync
-        total = self.steps or (int(step) + 1)
+        total = max(self.steps or 0, int(step) + 1)                    # without steps, every step is alike
         phi0 = logits[:, p:][rows, cols]                               # (N, V)
-        phi = self.refine(tokens, rows, cols, phi0, int(step), max(total, int(step) + 1))
+        phi = self.refine(tokens, rows, cols, phi0, int(step), total)
         if phi is phi0:                                                # not guided at this step
             return logits
         out = logits.clone()

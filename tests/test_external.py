@@ -182,6 +182,10 @@ def test_dream_hook_guides_only_masked_response_positions(dream_like, world_rm):
     assert hook.prompt_length == 3
     changed = (out != logits).any(-1)[0].tolist()
     assert changed == [False, False, False, True, False, True]
+    with pytest.raises(ValueError, match="give the hook diffusion_generate's steps"):
+        DreamGuidanceHook(world_rm, EntRGi(stop=0.5), tokenizer=tok, prompts=PROMPTS[:1])
+    half = DreamGuidanceHook(world_rm, EntRGi(steps=1, stop=0.5), tokenizer=tok, prompts=PROMPTS[:1], steps=4)
+    assert (half(1, x, logits) != logits).any() and torch.equal(half(2, x, logits), logits)
     with pytest.raises(ValueError, match="no mask token"):
         DreamGuidanceHook(world_rm, EntRGi(), tokenizer=AutoTokenizer.from_pretrained(str(tinyworld.rm_path())),
                           prompts=PROMPTS[:1])
