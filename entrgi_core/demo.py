@@ -95,7 +95,7 @@ def small_frontier(dlm, rm, out: Path, seed: int, prompts: int = 8) -> None:
     from entrgi_core.data import PromptDataModule
 
     items = PromptDataModule(path=str(tinyworld.PROMPTS), id_field="id").items[:prompts]
-    methods = default_methods(budgets=(4, 8, 16), guided_k=(4,), guided_m=(1, 3))
+    methods = default_methods(budgets=(4, 8, 16), guided_k=(4,), guided_m=(1, 3), smc_k=(4,))
     rows = aggregate([run_point(dlm, rm, items, demo_config(seed), m, seed, 8, oracle=True) for m in methods])
     print()
     print(f"Reward against compute ({prompts} prompts, seed {seed}; the full sweep with seeds: `entrgi compare`).")

@@ -163,12 +163,13 @@ def test_compare_writes_the_frontier(tmp_path, tiny_dlm_path, tiny_rm_path):
 
     from entrgi_core.cli import main
     out = tmp_path / "cmp"
-    main(["compare", "--seeds", "0", "1", "--budgets", "2", "4", "--guided-k", "2", "--guided-m", "1",
+    main(["compare", "--seeds", "0", "1", "--budgets", "2", "4", "--guided-k", "2", "--guided-m", "1", "--smc-k", "2",
           "--prompts", "2", "--out", str(out), "--dlm.init_args.path", str(tiny_dlm_path),
           "--reward.init_args.path", str(tiny_rm_path), "--sampling.steps", "4", "--sampling.max_new_tokens", "6"])
     data = _json.loads((out / "frontier.json").read_text())
     labels = [r["label"] for r in data["rows"]]
     assert labels[:2] == ["BoN K=2", "BoN K=4"] and "EntRGi K=2 M=1" in labels and "APS K=2 M=1" in labels
+    assert {"SMC none K=2", "SMC Expectation K=2", "SMC APS K=2", "SMC EntRGi K=2"} <= set(labels)
     assert len(data["runs"]) == 2 * len(labels) and all(r["seeds"] == 2 for r in data["rows"])
     bon2, bon4 = data["rows"][0], data["rows"][1]
     assert bon4["forward_equivalents"] == pytest.approx(2 * bon2["forward_equivalents"], rel=0.05)
@@ -180,6 +181,8 @@ def test_compare_and_diagnose_refuse_bad_input(capsys):
     from entrgi_core.cli import main
     for argv, message in ((["compare", "--budgets", "0"], "--budgets must be >= 1"),
                           (["compare", "--prompts", "0"], "--prompts must be >= 1"),
+                          (["compare", "--smc-k", "0"], "--smc-k must be >= 1"),
+                          (["compare", "--only", "Bestof"], "--only Bestof keeps no curve; the curves are: "),
                           (["diagnose", "--samples", "0"], "--samples must be >= 1")):
         with pytest.raises(SystemExit) as done:
             main(argv)
