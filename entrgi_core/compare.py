@@ -128,6 +128,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
 
 
+def matched(rows: list[dict]) -> str:
+    """At each Best-of-N budget, every other curve's best Top@1 among its points that cost no more
+    (forward-equivalents), with the oracle of that point when known: the matched-compute reading
+    of the frontier. "-" where a curve has no point that cheap."""
+    bon = sorted((r for r in rows if r["family"] == "Best-of-N"), key=lambda r: r["forward_equivalents"])
+    families = [f for f in dict.fromkeys(r["family"] for r in rows) if f != "Best-of-N"]
+    if not bon or not families:
+        return ""
+    oracle = "oracle" in rows[0]
+    head = ["budget (fwd-eq)", "Best-of-N"] + families
+    body = []
+    for b in bon:
+        cells = [f"{b['forward_equivalents']:.0f} ({b['label']})", _cell(b, oracle)]
+        for fam in families:
+            fits = [r for r in rows if r["family"] == fam and r["forward_equivalents"] <= b["forward_equivalents"]]
+            cells.append(_cell(max(fits, key=lambda r: r["top1"]), oracle) if fits else "-")
+        body.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    note = "Top@1 (oracle) of each curve's best point costing at most the budget, K in brackets"
+    return "\n".join([note, fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+
+
+def _cell(r: dict, oracle: bool) -> str:
+    return f"{r['top1']:+.3f}" + (f" ({r['oracle']:+.3f})" if oracle else "") + f" [K={r['k']}]"
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -228,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = aggregate(runs)
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
                           f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
-    write_report(args.out, "frontier", title, table(rows), {"runs": runs, "rows": rows},
+    text = table(rows) + ("\n\n" + matched(rows) if matched(rows) else "")
+    write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows},
                  lambda path: plot(rows, path, title))
 
 

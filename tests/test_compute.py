@@ -196,3 +196,16 @@ def test_the_imperfect_reward_model_is_imperfect():
     lo, hi = IMPERFECT["pearson"]
     assert lo <= r <= hi, r
     assert rm_pearson(tinyworld.rm_path(), seed=0) > 0.99
+
+
+def test_matched_compute_reads_each_curve_at_or_below_each_budget():
+    from entrgi_core.compare import matched
+    rows = [dict(family="Best-of-N", label="BoN K=4", k=4, top1=0.5, forward_equivalents=129),
+            dict(family="Best-of-N", label="BoN K=8", k=8, top1=0.7, forward_equivalents=258),
+            dict(family="SMC", label="SMC K=2", k=2, top1=0.8, forward_equivalents=120),
+            dict(family="SMC", label="SMC K=4", k=4, top1=0.6, forward_equivalents=240),
+            dict(family="SMC", label="SMC K=8", k=8, top1=0.99, forward_equivalents=480)]
+    lines = matched(rows).splitlines()
+    assert lines[3].split() == ["129", "(BoN", "K=4)", "+0.500", "[K=4]", "+0.800", "[K=2]"]
+    assert lines[4].split() == ["258", "(BoN", "K=8)", "+0.700", "[K=8]", "+0.800", "[K=2]"]   # K=8 costs too much
+    assert matched(rows[:2]) == ""
