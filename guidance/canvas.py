@@ -79,8 +79,8 @@ class CanvasGuide:
             keys = rng.row_keys(self.seed, list(range(rows)), 1, device=device)
             stops = torch.tensor(self.stop_list, dtype=torch.long, device=device)
             self._state = (context, template, keys, stops, vocab)
-            if self.usage is None:
-                self.usage = torch.zeros(rows, 4, dtype=torch.long, device=device)
+            self.usage = torch.zeros(rows, 4, dtype=torch.long, device=device) if self.usage is None \
+                else self.usage.to(device)
         return self._state
 
     def refine(self, tokens: Tensor, rows: Tensor, cols: Tensor, phi: Tensor, index: int, total: int) -> Tensor:
