@@ -138,7 +138,7 @@ class DiffusionGemmaLM(DiffusionLM):
     def generate_own(self, prompts: list[str], encoded: list[list[int]], *, reward, guidance, config, prompt_ids,
                      diagnose: bool = False):
         """K responses per prompt through DiffusionGemma's ``generate()`` (see the module docstring)."""
-        from entrgi_core.sampler import GenerationResult
+        from entrgi_core.sampler import GenerationResult, account
         from guidance.logits_processor import GuidanceLogitsProcessor
         from transformers import LogitsProcessorList
         from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
@@ -185,35 +185,19 @@ class DiffusionGemmaLM(DiffusionLM):
             rewards = reward.score_text([p for p in prompts for _ in range(k)], flat).reshape(len(prompts), k).cpu()
             best_r, best_i = rewards.max(1)
             avg_r = rewards.mean(1)
-        compute = self.account(reward, prompts, encoded, texts, cfg, calls, widths, usage)
+        compute = account(self, reward, prompts, encoded, texts, cfg, self.dlm_work(encoded, cfg, calls, widths),
+                          [[sum(w[key]) for key in w] if w else [0, 0, 0, 0] for w in usage])
         return GenerationResult(list(prompts), list(prompt_ids), tokens, texts, rewards, best_i, best_r, avg_r,
                                 time.perf_counter() - t0, compute=compute)
 
-    def account(self, reward, prompts, encoded, texts, cfg, calls, widths, usage) -> dict:
-        """Per prompt, as ``entrgi_core.sampler.account`` but for block diffusion: ``dlm_forwards``
-        are decoder passes (K per denoising step of each canvas), ``dlm_tokens`` their canvas tokens
-        plus the encoder's (the prompt once, each finished canvas once); forward-equivalents are in
-        units of one forward of prompt + L tokens. FLOPs use all parameters (an upper bound for a
-        mixture of experts)."""
-        k, c, params = cfg.num_samples, self.canvas_length, self.num_parameters
-        p_rm = getattr(reward, "num_parameters", 0) if reward is not None else 0
-        out = {key: [] for key in ("dlm_forwards", "dlm_tokens", "rm_forwards", "rm_forward_tokens", "rm_backwards",
-                                   "rm_backward_tokens", "flops", "forward_equivalents")}
-        for i, prompt in enumerate(prompts):
-            canvases = max(1, math.ceil(widths[i] / c))
-            dlm_tok = k * (calls[i] * c + len(encoded[i]) + (canvases - 1) * c)
-            work = usage[i] or {}
-            fwd, fwd_tok, bwd, bwd_tok = (sum(work.get(key, [0])) for key in
-                                          ("rm_forwards", "rm_forward_tokens", "rm_backwards", "rm_backward_tokens"))
-            if reward is not None:
-                fwd += k
-                fwd_tok += sum(reward.text_tokens(prompt, t) for t in texts[i])
-            flops = 2 * params * dlm_tok + 2 * p_rm * (fwd_tok + bwd_tok)
-            row = len(encoded[i]) + cfg.max_new_tokens
-            for key, value in zip(out, (calls[i] * k, dlm_tok, fwd, fwd_tok, bwd, bwd_tok, flops,
-                                        flops / (2 * params * row))):
-                out[key].append(value)
-        return out
+    def dlm_work(self, encoded, cfg, calls, widths) -> list[tuple[int, int]]:
+        """Per prompt (forwards, tokens) for ``sampler.account``, counted for block diffusion: decoder
+        passes (K per denoising step of each canvas) over the canvas tokens, plus the encoder's tokens
+        (the prompt once, each finished canvas once). FLOPs then use all parameters (an upper bound
+        for a mixture of experts)."""
+        k, c = cfg.num_samples, self.canvas_length
+        return [(calls[i] * k, k * (calls[i] * c + len(e) + (max(1, math.ceil(widths[i] / c)) - 1) * c))
+                for i, e in enumerate(encoded)]
 
     def _text(self, ids: list[int]) -> str:
         stops = set(self.stop_ids)

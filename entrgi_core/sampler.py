@@ -239,41 +239,43 @@ def generate(model, prompts: list[str], *, reward=None, guidance: Guidance | Non
         best_r, best_i = rewards.max(1)
         avg_r = rewards.mean(1)
     stacked = {key: torch.stack(v, 1).cpu() if v else None for key, v in diag.items() if key != "step"}
-    compute = account(model, reward, prompts, encoded, texts, cfg, forwards, usage)
+    dlm_work = [(forwards * k, forwards * k * (len(e) + length)) for e in encoded]   # K rows per step
+    rm_work = usage.view(len(prompts), k, 4).sum(1).tolist() if usage is not None else [[0, 0, 0, 0]] * len(prompts)
+    compute = account(model, reward, prompts, encoded, texts, cfg, dlm_work, rm_work)
     particles = guidance.report(state) if state is not None and diagnose else {}
     return GenerationResult(prompts, list(prompt_ids), tokens.cpu(), texts, rewards, best_i, best_r, avg_r,
                             time.perf_counter() - t0, guided_steps=diag["step"], compute=compute,
                             particles=particles, **stacked)
 
 
-def account(model, reward, prompts, encoded, texts, cfg: DenoiseConfig, forwards: int, usage: Tensor | None) -> dict:
-    """Per prompt compute, independent of batching (padding is not counted):
+def account(model, reward, prompts, encoded, texts, cfg: DenoiseConfig, dlm_work: list, rm_work: list) -> dict:
+    """Per prompt compute, independent of batching (padding is not counted), from each prompt's
+    dLLM work ``dlm_work[i] = (forwards, tokens)`` and reward-model work during guidance
+    ``rm_work[i] = [forwards, their tokens, backwards, their tokens]``:
 
-    - ``dlm_forwards``: rows the dLLM ran (K per denoising step); ``dlm_tokens``: their tokens
-      (prompt + L each);
+    - ``dlm_forwards`` / ``dlm_tokens``: rows the dLLM ran and their tokens (our sampler: K per
+      denoising step, prompt + L tokens each);
     - ``rm_forwards`` / ``rm_forward_tokens``: reward-model calls per row during guidance plus the
       final text scoring of the K responses, and the tokens each read (template + response);
     - ``rm_backwards`` / ``rm_backward_tokens``: the same for the gradient passes;
     - ``flops``: 2 x parameters x tokens for every forward and backward (a backward to the inputs
       only, as here, costs about one forward);
-    - ``forward_equivalents``: ``flops`` in units of one dLLM forward of one of the prompt's rows.
+    - ``forward_equivalents``: ``flops`` in units of one dLLM forward of prompt + L tokens.
     """
-    b, k = len(prompts), cfg.num_samples
-    rm_rows = usage.view(b, k, 4).sum(1).tolist() if usage is not None else [[0, 0, 0, 0]] * b
+    k = cfg.num_samples
     p_dlm = model.num_parameters
     p_rm = getattr(reward, "num_parameters", 0) if reward is not None else 0
     out = {key: [] for key in ("dlm_forwards", "dlm_tokens", "rm_forwards", "rm_forward_tokens", "rm_backwards",
                                "rm_backward_tokens", "flops", "forward_equivalents")}
-    for i in range(b):
+    for i in range(len(prompts)):
         row = len(encoded[i]) + cfg.max_new_tokens
-        fwd, fwd_tok, bwd, bwd_tok = rm_rows[i]
+        dlm_fwd, dlm_tok = dlm_work[i]
+        fwd, fwd_tok, bwd, bwd_tok = rm_work[i]
         if reward is not None:                                         # final scoring of the K texts
             fwd += k
             fwd_tok += sum(reward.text_tokens(prompts[i], t) for t in texts[i])
-        dlm_tok = forwards * k * row
         flops = 2 * p_dlm * dlm_tok + 2 * p_rm * (fwd_tok + bwd_tok)
-        for key, value in zip(out, (forwards * k, dlm_tok, fwd, fwd_tok, bwd, bwd_tok, flops,
-                                    flops / (2 * p_dlm * row))):
+        for key, value in zip(out, (dlm_fwd, dlm_tok, fwd, fwd_tok, bwd, bwd_tok, flops, flops / (2 * p_dlm * row))):
             out[key].append(value)
     return out
 

@@ -41,9 +41,8 @@ class DreamGuidanceHook(CanvasGuide):
             raise ValueError(f"{self.who}: {type(strategy).__name__} guides only the steps with start <= step / T < "
                              "stop; give the hook diffusion_generate's steps (steps=T) so it knows T")
         super().__init__(reward, strategy, tokenizer=tokenizer, prompts=prompts, temperature=temperature, top_p=top_p,
-                         seed=seed, stop_ids=[t for t in (stop_ids if stop_ids is not None else
-                                                         [tokenizer.eos_token_id, tokenizer.pad_token_id])
-                                              if t is not None and t != mask_id])
+                         seed=seed, stop_ids=stop_ids)
+        self.stop_list = [t for t in self.stop_list if t != int(mask_id)]   # a masked position never ends a response
         self.mask_id, self.steps = int(mask_id), steps
         self.prompt_length = None
 
