@@ -7,14 +7,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
-BUILD_DEPS := "setuptools>=68" wheel "torch>=2.11,<2.15" "ninja>=1.11" "pybind11>=2.12"
+BUILD_DEPS := "setuptools>=68" wheel "torch>=2.11,<2.15" "ninja>=1.11"
 TOOLS := $(VENV)/.tools-stamp
 EXT := $(VENV)/.ext-stamp
 EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 # The local package index prints one harmless warning per package it does not hold.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: venv build test demo bench clean
+.PHONY: venv build test test-fast demo bench clean
 
 venv: $(TOOLS)
 
@@ -33,8 +33,11 @@ build: $(EXT)
 test: $(EXT)
 	$(BIN)/python -m pytest -q tests
 
+test-fast: $(EXT)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 demo: $(EXT)
-	$(BIN)/python -m entrgi_core.demo
+	$(BIN)/python -m entrgi_core.tools.demo
 
 bench: $(EXT)
 	$(BIN)/python benchmarks/bench_relax.py

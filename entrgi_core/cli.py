@@ -15,6 +15,7 @@ Top-level groups: ``dlm`` (a DiffusionLM), ``reward`` (a RewardAdapter, optional
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 import sys
@@ -27,10 +28,11 @@ import guidance
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance
 from entrgi_core.data import PromptDataModule
-from entrgi_core.models import DiffusionLM
+from entrgi_core.models import DiffusionModel
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
 from entrgi_core.writer import JsonlPredictionWriter
+from entrgi_core.errors import InputError
 from rewards.base import RewardAdapter
 
 KNOWN_CLASSES = {          # what a misspelled class_path is compared with
@@ -70,7 +72,7 @@ class _Parser(LightningArgumentParser):
 
 class EntrgiCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
-        parser.add_subclass_arguments(DiffusionLM, "dlm", required=True, help="the diffusion LM")
+        parser.add_subclass_arguments(DiffusionModel, "dlm", required=True, help="the diffusion LM")
         parser.add_subclass_arguments(RewardAdapter, "reward", required=False, help="the reward model")
         parser.add_subclass_arguments(Guidance, "guidance", required=False,
                                       help="the guidance strategy (none: unguided, i.e. Best-of-N)")
@@ -114,36 +116,52 @@ def _check_devices(trainer_cfg) -> None:
     if not isinstance(devices, int) or devices == -1:
         return
     if devices < 1:
-        raise ValueError(f"entrgi: --trainer.devices must be >= 1 (or -1 for all), got {devices}")
+        raise InputError(f"entrgi: --trainer.devices must be >= 1 (or -1 for all), got {devices}")
     if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
         have = torch.cuda.device_count()
         if devices > have:
-            raise ValueError(f"entrgi: --trainer.devices {devices} but only {have} CUDA device(s) are available")
+            raise InputError(f"entrgi: --trainer.devices {devices} but only {have} CUDA device(s) are available")
     elif devices > (os.cpu_count() or 1):
-        raise ValueError(f"entrgi: --trainer.devices {devices} CPU processes but this machine has "
+        raise InputError(f"entrgi: --trainer.devices {devices} CPU processes but this machine has "
                          f"{os.cpu_count()} cores")
+
+
+TOOLS = ("compare", "diagnose")      # entrgi_core.tools.<name>.main
 
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point: ``entrgi predict ...`` (LightningCLI), ``entrgi compare ...``
-    (``entrgi_core.compare``) and ``entrgi diagnose ...`` (``entrgi_core.diagnose``). Bad input
-    ends with one line on stderr and exit status 2 (ENTRGI_DEBUG=1 shows the traceback)."""
+    (``entrgi_core.tools.compare``) and ``entrgi diagnose ...`` (``entrgi_core.tools.diagnose``).
+    Bad input (``InputError``, a missing file, a configuration jsonargparse refuses) ends with one
+    line on stderr and exit status 2 (ENTRGI_DEBUG=1 shows the traceback); anything else, a bug or
+    an out-of-memory error, raises with its traceback."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] in ("compare", "diagnose"):
-            import importlib
-
-            importlib.import_module(f"entrgi_core.{argv[0]}").main(argv[1:])
+        if argv and argv[0] in TOOLS:
+            importlib.import_module(f"entrgi_core.tools.{argv[0]}").main(argv[1:])
             return
         EntrgiCLI(GuidedDenoiser, PromptDataModule, subclass_mode_model=False, save_config_callback=None,
                   auto_configure_optimizers=False, args=argv, parser_class=_Parser,
                   parser_kwargs={"description": __doc__, "default_env": False})
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        if os.environ.get("ENTRGI_DEBUG") == "1":
+    except (InputError, FileNotFoundError, ValueError) as exc:
+        cause = user_error(exc)
+        if cause is None or os.environ.get("ENTRGI_DEBUG") == "1":
             raise
-        print(f"entrgi: error: {condense(str(exc))}", file=sys.stderr)
+        print(f"entrgi: error: {condense(str(cause))}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The ``InputError`` or missing file behind ``exc`` (jsonargparse wraps a constructor's error in
+    a ValueError of its own), or None for any other error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (InputError, FileNotFoundError)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

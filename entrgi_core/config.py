@@ -1,9 +1,11 @@
 """DenoiseConfig: the sampler's settings, validated on construction (before any model work)."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
+from entrgi_core import checks
+from entrgi_core.contract import Sampling
+from entrgi_core.errors import InputError
 from entrgi_core.schedules import SCHEDULES
 
 # confidence rules: Dream's four, then LLaDA's two remasking rules (see entrgi_core.schedules)
@@ -27,36 +29,34 @@ class DenoiseConfig:
     schedule: str | None = None    # commit counts: "dream" or "llada" (None = the model's own default)
 
     def __post_init__(self):
-        def bad(msg):
-            raise ValueError(f"DenoiseConfig: {msg}")
-
+        who = "DenoiseConfig"
         for name in ("steps", "max_new_tokens", "num_samples"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(f"{name} must be an integer >= 1, got {v!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            bad(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if isinstance(self.top_p, bool) or not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            bad(f"top_p must lie in (0, 1], got {self.top_p!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1):
-            bad(f"top_k must be None or an integer >= 1, got {self.top_k!r}")
-        if self.alg not in ALGS:
-            bad(f"alg must be one of {ALGS}, got {self.alg!r}")
+            checks.integer(getattr(self, name), who=who, name=name, minimum=1)
+        checks.temperature(self.temperature, who=who, greedy_ok=True)
+        checks.top_p(self.top_p, who=who)
+        checks.integer(self.top_k, who=who, name="top_k", minimum=1, optional=True)
+        checks.one_of(self.alg, ALGS, who=who, name="alg")
         if self.schedule is not None and self.schedule not in SCHEDULE_NAMES:
-            bad(f"schedule must be None (the model's default) or one of {SCHEDULE_NAMES}, got {self.schedule!r}")
+            raise InputError(f"{who}: schedule must be None (the model's default) or one of {SCHEDULE_NAMES}, "
+                             f"got {self.schedule!r}")
         if self.alg == "origin" and self.schedule == "llada":
-            bad("alg='origin' commits each position with Dream's probability 1 - s/t; it needs schedule='dream' "
-                "(use alg='random' for LLaDA's random remasking)")
-        if not (isinstance(self.alg_temp, (int, float)) and math.isfinite(self.alg_temp) and self.alg_temp >= 0):
-            bad(f"alg_temp must be >= 0, got {self.alg_temp!r}")
+            raise InputError(f"{who}: alg='origin' commits each position with Dream's probability 1 - s/t; it needs "
+                             "schedule='dream' (use alg='random' for LLaDA's random remasking)")
+        checks.real(self.alg_temp, who=who, name="alg_temp", rule="be >= 0", ok=lambda v: v >= 0)
+        checks.integer(self.seed, who=who, name="seed", minimum=0)
         if self.block_length is not None:
-            if not isinstance(self.block_length, int) or self.block_length < 1:
-                bad(f"block_length must be None or an integer >= 1, got {self.block_length!r}")
+            checks.integer(self.block_length, who=who, name="block_length", minimum=1, optional=True)
             if self.max_new_tokens % self.block_length:
-                bad(f"block_length={self.block_length} does not divide max_new_tokens={self.max_new_tokens}")
-            blocks = self.max_new_tokens // self.block_length
-            if self.steps % blocks:
-                bad(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
+                raise InputError(f"{who}: block_length={self.block_length} does not divide "
+                                 f"max_new_tokens={self.max_new_tokens}")
+            if self.steps % self.num_blocks:
+                raise InputError(f"{who}: steps={self.steps} must be a multiple of the number of blocks "
+                                 f"({self.num_blocks})")
+
+    @property
+    def sampling(self) -> Sampling:
+        """The token distribution's settings (temperature, top-p, top-k), as strategies see them."""
+        return Sampling(self.temperature, self.top_p, self.top_k)
 
     @property
     def num_blocks(self) -> int:

@@ -1,26 +1,28 @@
-"""The contract between the sampler and its guidance strategies.
+"""The contract between a denoising loop and its guidance strategies.
 
-Each denoising step the sampler builds a ``GuidanceStep`` (by keyword) and, when the strategy is
-``active``, calls ``strategy.refine(phi, step)``, which returns a ``GuidanceOutput``. Strategies
-that act on a prompt's K samples together (particle methods, ``guidance.SMC``) also return a
-state from ``begin``; the sampler then calls ``observe(state, step, update)`` after every commit
-and reorders its rows within each prompt by the ancestors it returns. The step
-carries the sampler's own temperature, top-p and top-k (one source of truth) and everything a
-strategy needs to score relaxed inputs with the reward model; ``AlignedVocab`` is how dLLM
-tokens enter the reward model. Strategies live in ``guidance/`` and build on this module; the
-sampler imports nothing from ``guidance/`` or ``rewards/``.
+Each step the loop builds a ``GuidanceStep`` (the canvas, the masked positions, the sampling
+settings and the generation's ``RewardSide``), asks the strategy ``guides(step, phi)`` and, when it
+does, calls ``refine(phi, step)``, which returns a ``GuidanceOutput``. Particle strategies
+(``particles = True``, e.g. ``guidance.SMC``) also get ``begin`` once and ``observe(state, step,
+update)`` after every commit, and may return ancestors to reorder rows within each prompt. The
+step carries the loop's own temperature, top-p and top-k (one source of truth); ``step.read`` and
+``step.score`` run the reward model on relaxed inputs and count the work. ``AlignedVocab`` is how
+the generating model's tokens enter the reward model. Strategies live in ``guidance/`` and build
+on this module; nothing in the core imports ``guidance/`` or ``rewards/``.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from entrgi_core import rng
-from entrgi_core.sampling import sample_tokens
+from entrgi_core.draws import sample_tokens
+from entrgi_core.reward_side import RewardSide
 
 
 @dataclass(frozen=True)
@@ -78,35 +80,79 @@ def pack_response(vocab: AlignedVocab, tokens: Tensor, rows: Tensor, cols: Tenso
     return PackedResponse(base.detach(), offsets, offsets[rows, cols])
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """The distribution a loop draws tokens from: logits / temperature (0 = greedy), then top-p
+    and top-k, renormalised (``entrgi_core.draws``)."""
+
+    temperature: float
+    top_p: float = 1.0
+    top_k: int | None = None
+
+
+class Reading(NamedTuple):
+    """One reward-model forward over R rows: their rewards and the tokens each read."""
+
+    rewards: Tensor       # (R,)
+    tokens: Tensor        # (R,) int64 reward-model tokens of each row's input
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuidanceStep:
-    """What a strategy sees at denoising step ``index`` of ``total`` (R = B*K rows, L response
-    positions, N masked positions over all rows)."""
+    """What a strategy sees at denoising step ``index`` of at most ``total`` (R = B*K rows, L
+    response positions, N masked positions over all rows)."""
 
-    index: int
-    total: int
-    reward: object | None         # RewardAdapter (None only when the strategy reads no reward model)
-    context: object | None        # its RewardContext for the R rows
-    vocab: AlignedVocab | None
+    index: int                    # steps taken before this one
+    total: int                    # T, the loop's (maximum) number of steps
+    side: RewardSide | None       # the reward side of the generation (None: no reward model is read)
     tokens: Tensor                # (R, L) response canvas; masked positions hold the mask id
     rows: Tensor                  # (N,) row of each masked position
     cols: Tensor                  # (N,) column of each masked position
-    stop_ids: Tensor              # (S,) ids that end a response
     keys: Tensor                  # (R,) per-row random keys
     samples: int                  # K: rows b*K .. b*K + K - 1 are prompt b's samples
-    temperature: float            # the sampler's tau (0 = greedy)
-    top_p: float                  # the sampler's nucleus
-    top_k: int | None             # the sampler's top-k
+    sampling: Sampling            # the loop's own temperature, top-p and top-k (one source of truth)
     diagnose: bool = False        # also report diagnostics that cost compute (reward after)
-    template_tokens: Tensor | None = None  # (R,) RM tokens besides the response (chat template, prompt)
-    usage: Tensor | None = None   # (R, 4) int64 counters, added to in place: RM forwards, their tokens,
-                                  # backwards, their tokens (see ``score``)
+
+    # --- the reward side and the sampling settings, by name
+    @property
+    def reward(self):
+        return self.side.reward if self.side is not None else None
+
+    @property
+    def context(self):
+        return self.side.context
+
+    @property
+    def vocab(self) -> AlignedVocab:
+        return self.side.vocab
 
     @property
     def table(self) -> Tensor:
         """(V, D) stand-in embeddings of the relaxation."""
-        return self.vocab.table
+        return self.side.vocab.table
 
+    @property
+    def stop_ids(self) -> Tensor:
+        return self.side.stop_ids
+
+    @property
+    def work(self):
+        """The generation's ``RewardWork`` counters."""
+        return self.side.work
+
+    @property
+    def temperature(self) -> float:
+        return self.sampling.temperature
+
+    @property
+    def top_p(self) -> float:
+        return self.sampling.top_p
+
+    @property
+    def top_k(self) -> int | None:
+        return self.sampling.top_k
+
+    # --- random draws
     @cached_property
     def packed(self) -> PackedResponse:
         return pack_response(self.vocab, self.tokens, self.rows, self.cols)
@@ -121,6 +167,7 @@ class GuidanceStep:
             return sample_tokens(phi.detach(), self.uniforms(inner), temperature=temperature, top_p=top_p,
                                  top_k=self.top_k)[0]
 
+    # --- the reward model
     def reward_inputs(self, relaxed: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
         """RM inputs (R, L', D) with the masked positions' ``relaxed`` embeddings (N, D), and the
         (R, L') prefix mask of the response: up to its first stop token, reading masked positions
@@ -135,18 +182,19 @@ class GuidanceStep:
         keep = torch.arange(embeds.shape[1], device=embeds.device)[None, :] < end
         return embeds, keep
 
-    def score(self, relaxed: Tensor, phi: Tensor) -> Tensor:
-        """Rewards (R,) of the canvas with the masked positions relaxed to ``relaxed`` (N, D)."""
+    def read(self, relaxed: Tensor, phi: Tensor) -> Reading:
+        """One reward-model forward of the canvas with the masked positions relaxed to ``relaxed``
+        (N, D), counted in ``work``. A caller that differentiates the rewards counts its backward
+        where it runs it: ``step.work.add_backward(reading.tokens)``."""
         embeds, keep = self.reward_inputs(relaxed, phi)
         rewards = self.reward.score_embeds(self.context, embeds, keep)
-        if self.usage is not None:                # on device: no host sync
-            tokens = keep.sum(1) + (self.template_tokens if self.template_tokens is not None else 0)
-            self.usage[:, 0] += 1
-            self.usage[:, 1] += tokens
-            if torch.is_grad_enabled() and rewards.requires_grad:   # a backward follows in the gradient loop
-                self.usage[:, 2] += 1
-                self.usage[:, 3] += tokens
-        return rewards
+        tokens = self.side.tokens_read(keep)
+        self.work.add_forward(tokens)
+        return Reading(rewards, tokens)
+
+    def score(self, relaxed: Tensor, phi: Tensor) -> Tensor:
+        """Rewards (R,) of the canvas with the masked positions relaxed to ``relaxed`` (N, D)."""
+        return self.read(relaxed, phi).rewards
 
 
 @dataclass(frozen=True)
@@ -174,17 +222,27 @@ class Guidance(nn.Module, abc.ABC):
     """A guidance strategy: refines the masked positions' logits at a denoising step.
 
     Subclasses implement ``refine``; ``needs_reward`` says whether it reads the reward model (and
-    so needs a vocabulary alignment); ``active`` says at which steps it runs (others are unguided).
+    so needs a vocabulary alignment); ``active`` is its step schedule and ``guides`` the one answer
+    to "is this step guided", asked once per step by every loop before ``refine`` (which is called
+    only then). Steps are counted as taken: ``every=k`` always means steps 0, k, 2k, ...
+    ``particles`` is True for strategies that act on a prompt's K samples together (``begin``
+    returns their state, and the loop must be able to resample rows).
     """
 
     name: str = "guidance"
+    particles: bool = False
 
     @property
     def needs_reward(self) -> bool:
         return True
 
     def active(self, index: int, total: int) -> bool:
+        """Whether the step schedule includes step ``index`` of at most ``total``."""
         return self.needs_reward
+
+    def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
+        """Whether ``refine`` runs at ``step`` on the masked positions' logits ``phi`` (N, V)."""
+        return self.needs_reward and phi.shape[0] > 0 and self.active(step.index, step.total)
 
     def check(self, temperature: float, top_p: float) -> None:
         """Called once before sampling with the sampler's settings: raise if they cannot work."""
@@ -194,8 +252,7 @@ class Guidance(nn.Module, abc.ABC):
         """Refined logits (N, V) float32 from the model's logits ``phi`` (N, V), plus diagnostics."""
 
     def begin(self, prompts: int, samples: int, device) -> object | None:
-        """Per-generation state for a strategy that acts on each prompt's K samples together (a
-        particle method); None (the default) for strategies that guide each sample on its own."""
+        """Per-generation state of a particle strategy (``particles``); None for the others."""
         return None
 
     def observe(self, state, step: GuidanceStep, update: StepUpdate) -> Tensor | None:

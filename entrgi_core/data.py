@@ -16,6 +16,7 @@ import numpy as np
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from entrgi_core.errors import InputError
 
 
 def text_id(text: str) -> str:
@@ -61,14 +62,14 @@ class PromptDataModule(L.LightningDataModule):
         super().__init__()
         sources = [s for s in (path, prompts, dataset) if s is not None]
         if len(sources) != 1:
-            raise ValueError("PromptDataModule: give exactly one of path=, prompts= or dataset=")
+            raise InputError("PromptDataModule: give exactly one of path=, prompts= or dataset=")
         if batch_size < 1:
-            raise ValueError(f"PromptDataModule: batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"PromptDataModule: batch_size must be >= 1, got {batch_size}")
         for name, v in (("limit", limit), ("subset_size", subset_size)):
             if v is not None and v < 1:
-                raise ValueError(f"PromptDataModule: {name} must be >= 1, got {v}")
+                raise InputError(f"PromptDataModule: {name} must be >= 1, got {v}")
         if slicing not in ("random", "hf"):
-            raise ValueError(f"PromptDataModule: slicing must be 'random' or 'hf', got {slicing!r}")
+            raise InputError(f"PromptDataModule: slicing must be 'random' or 'hf', got {slicing!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
         seed = 0 if shuffle_seed is None else int(shuffle_seed)
         if prompts is not None:
@@ -119,7 +120,7 @@ def _read_file(path: Path) -> list[dict]:
     try:
         return _parse_file(path)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"prompt file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise InputError(f"prompt file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def _parse_file(path: Path) -> list[dict]:
@@ -136,14 +137,14 @@ def _parse_file(path: Path) -> list[dict]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
+                    raise InputError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
                 if not isinstance(rec, dict):
-                    raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+                    raise InputError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
                 records.append(rec)
     else:
-        raise ValueError(f"prompt file {path}: expected a .jsonl or .csv file")
+        raise InputError(f"prompt file {path}: expected a .jsonl or .csv file")
     if not records:
-        raise ValueError(f"prompt file {path} holds no records")
+        raise InputError(f"prompt file {path} holds no records")
     return records
 
 
@@ -151,36 +152,36 @@ def _read_hf(name: str, split: str, subset: str | None) -> list[dict]:
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"dataset={name!r} needs the `datasets` package: pip install datasets") from None
+        raise InputError(f"dataset={name!r} needs the `datasets` package: pip install datasets") from None
     try:
         ds = datasets.load_dataset(name, subset, split=split)
     except Exception as exc:  # offline, unknown name or split: say which
-        raise RuntimeError(f"could not load dataset {name!r} (subset {subset!r}, split {split!r}): {exc}") from exc
+        raise InputError(f"could not load dataset {name!r} (subset {subset!r}, split {split!r}): {exc}") from exc
     return [dict(r) for r in ds]
 
 
 def _validate(records: list[dict], field: str, id_field: str | None, where: str) -> list[dict]:
     if not records:
-        raise ValueError(f"{where} holds no prompts")
+        raise InputError(f"{where} holds no prompts")
     items, seen = [], {}
     for n, rec in enumerate(records, 1):
         if field not in rec:
-            raise ValueError(f"{where}: record {n} has no field {field!r} (fields: {sorted(rec)[:10]})")
+            raise InputError(f"{where}: record {n} has no field {field!r} (fields: {sorted(rec)[:10]})")
         prompt = rec[field]
         if not isinstance(prompt, str):
-            raise ValueError(f"{where}: record {n}: the prompt in field {field!r} is not a string "
+            raise InputError(f"{where}: record {n}: the prompt in field {field!r} is not a string "
                              f"({type(prompt).__name__}: {prompt!r})")
         if not prompt.strip():
-            raise ValueError(f"{where}: record {n} has an empty prompt in field {field!r}")
+            raise InputError(f"{where}: record {n} has an empty prompt in field {field!r}")
         if id_field is not None:
             if id_field not in rec or rec[id_field] in (None, ""):
-                raise ValueError(f"{where}: record {n} has no id in field {id_field!r}")
+                raise InputError(f"{where}: record {n} has no id in field {id_field!r}")
             pid = str(rec[id_field])
         else:
             pid = text_id(prompt)
         if pid in seen:
             what = f"id {pid!r}" if id_field else "prompt text (ids are text hashes)"
-            raise ValueError(f"{where}: records {seen[pid]} and {n} have the same {what}")
+            raise InputError(f"{where}: records {seen[pid]} and {n} have the same {what}")
         seen[pid] = n
         items.append({"id": pid, "prompt": prompt})
     return items

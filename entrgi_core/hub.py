@@ -13,6 +13,7 @@ import socket
 from urllib.parse import urlparse
 
 import torch
+from entrgi_core.errors import InputError
 
 _REACHABLE: dict[str, bool] = {}
 
@@ -57,7 +58,7 @@ def check_source(path: str, what: str) -> None:
     """Fail at once, naming ``path``, when it is neither a local directory nor a hub name that can
     be loaded (cached, or the hub reachable). ``what`` says which argument it was."""
     if not isinstance(path, str) or not path.strip():
-        raise ValueError(f"{what}: expected a local directory or a hub model name, got {path!r}")
+        raise InputError(f"{what}: expected a local directory or a hub model name, got {path!r}")
     if os.path.isdir(path):
         return
     # hub names are "org/name" or a bare legacy "name"; anything else is meant as a local path
@@ -84,7 +85,7 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
         AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise ValueError(
+            raise InputError(
                 f"{path} ships its own modelling code; loading it runs that code. If you trust it, pass "
                 f"trust_remote_code=True (CLI: --dlm.init_args.trust_remote_code true or "
                 f"--reward.init_args.trust_remote_code true)."
@@ -98,7 +99,7 @@ def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return dtype
     value = getattr(torch, str(dtype).replace("torch.", ""), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+        raise InputError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
     return value
 
 

@@ -1,32 +1,39 @@
-"""Diffusion-LM adapters: one small interface over Dream, LLaDA and any HF masked LM.
+"""Diffusion-LM adapters, of two kinds over one base.
 
-A ``DiffusionLM`` knows its tokenizer, its mask / end-of-sequence ids, how to turn prompts into
-token ids (chat template when the tokenizer has one) and how to produce per-position logits for
-a left-padded canvas ``(B, S)`` with ``attention_mask`` and ``position_ids``.
+``DiffusionModel`` is what every adapter has: the checkpoint (hub name or local path), its
+tokenizer, the one stop rule (``entrgi_core.stops``), prompt encoding (chat template when the
+tokenizer has one), response decoding and ``check(config, guidance)``, which refuses settings
+the model cannot honour before any compute.
+
+- ``DiffusionLM``: a **masked** diffusion LM that entrgi's sampler drives: it has a mask id and
+  per-position logits for a left-padded canvas (B, S) with attention mask and position ids.
+  ``MaskedLM`` (any HF masked LM), ``DreamLM`` (shifted logits) and ``LLaDALM`` are of this kind.
+- ``OwnLoopLM``: a diffusion LM that runs **its own** generation loop, which entrgi guides from
+  inside (``entrgi_core.diffusion_gemma.DiffusionGemmaLM``). It implements ``sample``.
 """
 from __future__ import annotations
+
+import abc
 
 import torch
 from torch import Tensor, nn
 
+from entrgi_core.errors import InputError
 from entrgi_core.hub import as_dtype, check_remote_code, check_source, max_positions
+from entrgi_core.schedules import check_rule, make_schedule
+from entrgi_core.stops import first_stop, stop_ids
 
 
-class DiffusionLM(nn.Module):
-    """A frozen masked diffusion language model, loaded from a hub name or local path.
+class DiffusionModel(nn.Module):
+    """A frozen diffusion language model, loaded from a hub name or local path.
 
-    ``DiffusionLM(path)`` loads tokenizer and weights (the typed constructor is the YAML config);
-    ``from_model(model, tokenizer)`` wraps objects already in memory. Subclasses pick the loader
-    (``auto_class``), set ``shift_logits`` (Dream predicts token i at position i-1) and may override
-    ``forward_logits`` when their model takes its inputs differently.
+    ``Cls(path)`` loads tokenizer and weights (the typed constructor is the YAML config) through
+    ``transformers.<auto_class>``; ``from_model(model, tokenizer)`` wraps objects in memory.
     """
 
-    shift_logits: bool = False
     auto_class: str = "AutoModelForMaskedLM"
-    default_schedule: str = "dream"   # commit schedule when DenoiseConfig.schedule is None
 
-    def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
-                 mask_id: int | None = None):
+    def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False, **options):
         super().__init__()
         import transformers
 
@@ -35,46 +42,32 @@ class DiffusionLM(nn.Module):
         tok = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         loader = getattr(transformers, self.auto_class)
         model = loader.from_pretrained(path, dtype=as_dtype(dtype), trust_remote_code=trust_remote_code)
-        self._setup(model, tok, self.default_mask_id(tok, model) if mask_id is None else mask_id, path)
+        self._setup(model, tok, path, **options)
 
     @classmethod
-    def from_pretrained(cls, path: str, *, device: str | torch.device = "cpu", **kwargs) -> "DiffusionLM":
+    def from_pretrained(cls, path: str, *, device: str | torch.device = "cpu", **kwargs) -> "DiffusionModel":
         return cls(path, **kwargs).to(device)
 
     @classmethod
-    def from_model(cls, model: nn.Module, tokenizer, *, mask_id: int | None = None, name: str | None = None):
+    def from_model(cls, model: nn.Module, tokenizer, *, name: str | None = None, **options):
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self._setup(model, tokenizer, cls.default_mask_id(tokenizer, model) if mask_id is None else mask_id, name)
+        self._setup(model, tokenizer, name, **options)
         return self
 
-    @staticmethod
-    def default_mask_id(tokenizer, model) -> int | None:
-        if tokenizer.mask_token_id is not None:
-            return tokenizer.mask_token_id
-        return getattr(getattr(model, "config", None), "mask_token_id", None)
-
-    def _setup(self, model: nn.Module, tokenizer, mask_id: int | None, name: str | None) -> None:
+    def _setup(self, model: nn.Module, tokenizer, name: str | None, mask_id: int | None = None) -> None:
+        """Frozen weights, the tokenizer and the stop rule; ``mask_id`` is excluded from the stops."""
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        if mask_id is None:
-            raise ValueError(
-                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no mask token and none was given: "
-                "a masked diffusion LM needs one (pass mask_id=...)"
-            )
-        self.mask_id = int(mask_id)
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        generation = getattr(model, "generation_config", None)
+        eos = next((t for t in (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None),
+                                _first(getattr(generation, "eos_token_id", None))) if t is not None), None)
         if eos is None:
-            raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has neither an EOS nor a SEP token")
+            raise InputError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has neither an EOS nor a SEP "
+                             "token, and the generation config names none")
         self.eos_id = int(eos)
         self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
-        stops = {self.eos_id, self.pad_id}
-        vocab = tokenizer.get_vocab()
-        for extra in ("<|im_end|>", "<|eot_id|>"):
-            if extra in vocab:
-                stops.add(int(vocab[extra]))
-        stops.discard(self.mask_id)
-        self.stop_ids = tuple(sorted(stops))
+        self.stop_ids = stop_ids(tokenizer, generation, mask_id=mask_id)
         self.vocab_size = int(self._output_vocab())
         self.name = name or getattr(tokenizer, "name_or_path", None) or type(model).__name__
 
@@ -97,6 +90,9 @@ class DiffusionLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check(self, config, guidance=None) -> None:
+        """Refuse, before any compute, sampler settings or a strategy this model cannot run."""
+
     def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, through the chat template when the tokenizer has one."""
         tok = self.tokenizer
@@ -113,6 +109,59 @@ class DiffusionLM(nn.Module):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
 
+    def response_text(self, ids: list[int]) -> str:
+        """The text of a response's token ids, up to its first stop token."""
+        return self.decode(ids[: first_stop(ids, self.stop_ids)])
+
+
+def _first(ids):
+    """The first of a generation config's EOS ids (one id, a list, or None)."""
+    if isinstance(ids, (list, tuple)):
+        return ids[0] if ids else None
+    return ids
+
+
+class DiffusionLM(DiffusionModel):
+    """A masked diffusion LM driven by entrgi's sampler (``entrgi_core.sampler``).
+
+    Subclasses pick the loader (``auto_class``), set ``shift_logits`` (Dream predicts token i at
+    position i-1) and may override ``forward_logits`` when their model takes its inputs differently.
+    """
+
+    shift_logits: bool = False
+    default_schedule: str = "dream"   # commit schedule when DenoiseConfig.schedule is None
+
+    def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                 mask_id: int | None = None):
+        super().__init__(path, dtype=dtype, trust_remote_code=trust_remote_code, mask_id=mask_id)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer, *, mask_id: int | None = None, name: str | None = None):
+        return super().from_model(model, tokenizer, name=name, mask_id=mask_id)
+
+    @staticmethod
+    def default_mask_id(tokenizer, model) -> int | None:
+        if tokenizer.mask_token_id is not None:
+            return tokenizer.mask_token_id
+        return getattr(getattr(model, "config", None), "mask_token_id", None)
+
+    def _setup(self, model: nn.Module, tokenizer, name: str | None, mask_id: int | None = None) -> None:
+        mask_id = self.default_mask_id(tokenizer, model) if mask_id is None else mask_id
+        if mask_id is None:
+            raise InputError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no mask token and none was given: "
+                "a masked diffusion LM needs one (pass mask_id=...)"
+            )
+        self.mask_id = int(mask_id)
+        super()._setup(model, tokenizer, name, mask_id=self.mask_id)
+
+    def check(self, config, guidance=None) -> None:
+        check_rule(config.alg, make_schedule(config.schedule or self.default_schedule))
+
+    def response_text(self, ids: list[int]) -> str:
+        cut = ids[: first_stop(ids, self.stop_ids)]
+        return self.decode([t for t in cut if t != self.mask_id])
+
     def forward_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
@@ -123,6 +172,19 @@ class DiffusionLM(nn.Module):
         if self.shift_logits:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)  # (B, S, V): position i reads i-1
         return out
+
+
+class OwnLoopLM(DiffusionModel, abc.ABC):
+    """A diffusion LM that runs its own generation loop; entrgi guides it from inside that loop.
+
+    ``sample(plan, batch)`` draws K responses for each prompt of ``batch`` and returns a
+    ``entrgi_core.result.Rollout`` (tokens, dLLM work, reward-model work), which ``generate``
+    finishes exactly as for masked LMs (scoring, Top@1, records).
+    """
+
+    @abc.abstractmethod
+    def sample(self, plan, batch, *, diagnose: bool = False):
+        """A ``Rollout`` of ``plan.config.num_samples`` responses per prompt of ``batch``."""
 
 
 class MaskedLM(DiffusionLM):

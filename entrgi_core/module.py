@@ -1,6 +1,6 @@
 """GuidedDenoiser: the LightningModule whose predict step runs the guided sampler.
 
-Composed from injected objects: ``model`` (a DiffusionLM), ``reward`` (a RewardAdapter or None),
+Composed from injected objects: ``model`` (a DiffusionModel), ``reward`` (a RewardAdapter or None),
 ``guidance`` (a Guidance strategy; None = unguided) and ``config`` (DenoiseConfig). Nothing is
 trained: the models are frozen and there is no optimizer. Guidance needs autograd, so run it with
 ``Trainer(inference_mode=False)`` (the ``entrgi`` CLI does).
@@ -13,8 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance
-from entrgi_core.models import DiffusionLM
-from entrgi_core.sampler import check_prompt_lengths, generate
+from entrgi_core.errors import InputError
+from entrgi_core.models import DiffusionModel
+from entrgi_core.plan import Plan
+from entrgi_core.sampler import run
 
 
 class GuidedDenoiser(L.LightningModule):
@@ -24,25 +26,21 @@ class GuidedDenoiser(L.LightningModule):
             are recorded whenever a step is guided: they cost nothing extra.
     """
 
-    def __init__(self, model: DiffusionLM, reward=None, guidance: Guidance | None = None,
+    def __init__(self, model: DiffusionModel, reward=None, guidance: Guidance | None = None,
                  config: DenoiseConfig | None = None, diagnose: bool = False):
         super().__init__()
         self.model = model
         self.reward = reward
         self.guidance = guidance
-        self.config = config if config is not None else DenoiseConfig()
+        self.plan = Plan.check(model, reward, guidance, config)     # every settings check, once
+        self.config = self.plan.config
         self.diagnose = diagnose
-        if self.guided and reward is None:
-            raise ValueError(f"GuidedDenoiser: {type(guidance).__name__} needs a reward model (reward=None)")
-        if self.guided:
-            guidance.check(self.config.temperature, self.config.top_p)
-        if hasattr(model, "check_config"):           # a model with its own sampler (DiffusionGemma)
-            model.check_config(self.config, guidance)
+        self._prompts_checked = False
         self.save_hyperparameters(self.run_config())
 
     @property
     def guided(self) -> bool:
-        return self.guidance is not None and self.guidance.needs_reward
+        return self.plan.guided
 
     @property
     def method(self) -> str:
@@ -66,7 +64,8 @@ class GuidedDenoiser(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Before anything runs: the alignment report, and every prompt of the data module within the
-        models' position limits (one clear error naming the offending prompt ids otherwise)."""
+        models' position limits (one clear error naming the offending prompt ids otherwise); batches
+        are not checked again."""
         if self.guided:
             al = self.reward.alignment(self.model.tokenizer, self.model.vocab_size)
             rank_zero_info(f"[entrgi] vocabulary alignment {self.model.name} -> {self.reward.name}: {al.summary()}")
@@ -74,21 +73,20 @@ class GuidedDenoiser(L.LightningModule):
         items = getattr(dm, "items", None)
         if items:
             prompts, ids = [it["prompt"] for it in items], [it["id"] for it in items]
-            pieces = self.reward.aligned(self.model.tokenizer, self.model.vocab_size).max_pieces if self.guided else 1
-            check_prompt_lengths(self.model, self.model.encode_prompts(prompts), ids, self.config.max_new_tokens,
-                                 reward=self.reward, prompts=prompts, max_pieces=pieces)
+            self.plan.check_lengths(prompts, ids, self.model.encode_prompts(prompts))
+            self._prompts_checked = True
 
     def configure_optimizers(self):
         return None
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> list[dict]:
         if self.guided and torch.is_inference_mode_enabled():
-            raise RuntimeError(
+            raise InputError(
                 "GuidedDenoiser: guidance differentiates the reward model, which torch.inference_mode forbids. "
                 "Use Trainer(inference_mode=False) (the `entrgi` CLI sets it)."
             )
-        res = generate(self.model, batch["prompt"], reward=self.reward, guidance=self.guidance, config=self.config,
-                       prompt_ids=batch["id"], diagnose=self.diagnose)
+        prompts = self.plan.batch(batch["prompt"], batch["id"], check_lengths=not self._prompts_checked)
+        res = run(self.plan, prompts, diagnose=self.diagnose)
         records = res.records(method=self.method, seed=self.config.seed)
         seconds = res.seconds / len(records)
         for rec in records:

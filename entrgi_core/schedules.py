@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from entrgi_core.errors import InputError
 
 EOS_PENALTY = 1e4   # a sampled EOS ranks below every other masked position, above committed ones
 
@@ -47,7 +48,7 @@ class DreamSchedule(CommitSchedule):
 
     def __init__(self, eps: float = 1e-3):
         if not 0 < eps < 1:
-            raise ValueError(f"DreamSchedule: eps must lie in (0, 1), got {eps!r}")
+            raise InputError(f"DreamSchedule: eps must lie in (0, 1), got {eps!r}")
         self.eps = float(eps)
 
     def share(self, local: int, steps: int) -> float:
@@ -77,13 +78,13 @@ SCHEDULES = {"dream": DreamSchedule, "llada": LLaDASchedule}
 
 def make_schedule(name: str) -> CommitSchedule:
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
+        raise InputError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
     return SCHEDULES[name]()
 
 
 def check_rule(alg: str, schedule: CommitSchedule) -> None:
     if alg == "origin" and not schedule.has_shares:
-        raise ValueError(f"alg='origin' commits each position with Dream's probability 1 - s/t; it needs "
+        raise InputError(f"alg='origin' commits each position with Dream's probability 1 - s/t; it needs "
                          f"schedule='dream', not {schedule.name!r} (use alg='random' for random order)")
 
 

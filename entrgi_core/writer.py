@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from entrgi_core.errors import InputError
 
 PREDICTIONS, SUMMARY, RUN = "predictions.jsonl", "summary.json", "run.json"
 
@@ -75,7 +76,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
             existing = json.loads(run_file.read_text()) if run_file.exists() else None
             if existing != self._config:
                 what = _difference(existing, self._config)
-                raise RuntimeError(
+                raise InputError(
                     f"{out} holds predictions of a different {what} ({run_file}); nothing was changed. "
                     "Choose another output directory, or pass overwrite=True (CLI: --overwrite true) to replace them."
                 )

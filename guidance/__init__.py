@@ -1,13 +1,13 @@
 """Guidance strategies: one small file each. ``Guidance`` (abstract) and the step contract come
 from ``entrgi_core.contract``; the gated strategies share ``GatedGuidance``'s gradient loop;
-``SMC`` resamples a prompt's samples as particles, with any of the others as its proposal;
-``GuidanceLogitsProcessor`` and ``DreamGuidanceHook`` run a strategy inside transformers'
-DiffusionGemma ``generate()`` and Dream's ``diffusion_generate``."""
+``SMC`` resamples a prompt's samples as particles, with any of the others as its proposal.
+``GuidanceLogitsProcessor`` and ``DreamGuidanceHook`` (guidance inside transformers' DiffusionGemma
+``generate()`` and Dream's ``diffusion_generate``) live in ``entrgi_core.integrations`` and are
+re-exported here under the names users know."""
+from entrgi_core.integrations import DreamGuidanceHook, GuidanceLogitsProcessor
 from guidance.base import GatedGuidance, Guidance, GuidanceOutput, GuidanceStep
-from guidance.dream_hook import DreamGuidanceHook
 from guidance.entrgi import EntRGi
 from guidance.expectation import Expectation
-from guidance.logits_processor import GuidanceLogitsProcessor
 from guidance.none import NoGuidance
 from guidance.smc import SMC
 from guidance.straight_through import StraightThrough

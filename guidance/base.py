@@ -14,9 +14,11 @@ import math
 import torch
 from torch import Tensor
 
-from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep
+from entrgi_core import checks
+from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, Reading
+from entrgi_core.draws import neg_entropy
+from entrgi_core.errors import InputError
 from entrgi_core.ops import relax_embeddings
-from entrgi_core.sampling import neg_entropy
 
 __all__ = ["Guidance", "GuidanceOutput", "GuidanceStep", "GatedGuidance"]
 
@@ -30,7 +32,7 @@ class GatedGuidance(Guidance):
         optimizer: "adam" (paper) or "sgd".
         entropy_temperature: tau_H of the entropy gate (1, as in the authors' code).
         start, stop: guide only denoising steps with start <= step / T < stop.
-        every: guide only every k-th denoising step (steps 0, k, 2k, ...).
+        every: guide only every k-th denoising step taken (steps 0, k, 2k, ...).
         min_entropy: guide a step only when the mean normalised entropy H(softmax(phi / tau_H)) / log V
             of its masked positions is at least this (0 = always); reading it costs one host sync
             per denoising step, outside the inner steps.
@@ -49,25 +51,17 @@ class GatedGuidance(Guidance):
                  temperature: float | None = None, top_p: float | None = None):
         super().__init__()
         who = type(self).__name__
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"{who}: steps (M) must be an integer >= 0, got {steps!r}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"{who}: lr (eta) must be a finite number >= 0, got {lr!r}")
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"{who}: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        if not (isinstance(entropy_temperature, (int, float)) and entropy_temperature > 0):
-            raise ValueError(f"{who}: entropy_temperature must be > 0, got {entropy_temperature!r}")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                            and temperature > 0):
-            raise ValueError(f"{who}: temperature must be None (the sampler's) or > 0, got {temperature!r}")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise ValueError(f"{who}: top_p must be None (the sampler's) or lie in (0, 1], got {top_p!r}")
-        if not (isinstance(start, (int, float)) and isinstance(stop, (int, float)) and 0 <= start <= stop <= 1):
-            raise ValueError(f"{who}: need 0 <= start <= stop <= 1, got start={start!r}, stop={stop!r}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"{who}: every must be an integer >= 1, got {every!r}")
-        if not (isinstance(min_entropy, (int, float)) and 0 <= min_entropy <= 1):
-            raise ValueError(f"{who}: min_entropy must lie in [0, 1], got {min_entropy!r}")
+        steps = checks.integer(steps, who=who, name="steps (M)", minimum=0)
+        lr = checks.real(lr, who=who, name="lr (eta)", rule="be a finite number >= 0", ok=lambda v: v >= 0)
+        checks.one_of(optimizer, ("adam", "sgd"), who=who, name="optimizer")
+        entropy_temperature = checks.temperature(entropy_temperature, who=who, name="entropy_temperature")
+        temperature = checks.temperature(temperature, who=who, none_means="the sampler's")
+        top_p = checks.top_p(top_p, who=who, none_means="the sampler's")
+        start, stop = (checks.fraction(v, who=who, name=n) for v, n in ((start, "start"), (stop, "stop")))
+        if start > stop:
+            raise InputError(f"{who}: need 0 <= start <= stop <= 1, got start={start!r}, stop={stop!r}")
+        every = checks.integer(every, who=who, name="every", minimum=1)
+        min_entropy = checks.fraction(min_entropy, who=who, name="min_entropy")
         self.every, self.min_entropy = every, float(min_entropy)
         self.steps, self.lr, self.optimizer = steps, float(lr), optimizer
         self.entropy_temperature = float(entropy_temperature)
@@ -82,6 +76,9 @@ class GatedGuidance(Guidance):
     def active(self, index: int, total: int) -> bool:
         return self.needs_reward and self.start <= index / total < self.stop and index % self.every == 0
 
+    def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
+        return super().guides(step, phi) and self.entropy_ok(phi)
+
     def entropy_ok(self, phi: Tensor) -> bool:
         """Whether the mean normalised entropy of ``phi`` (N, V) reaches ``min_entropy``."""
         if self.min_entropy <= 0:
@@ -93,7 +90,7 @@ class GatedGuidance(Guidance):
         """The (temperature, top_p) guidance uses, given the sampler's. Raises when neither is usable."""
         tau = self.temperature if self.temperature is not None else temperature
         if not tau > 0:
-            raise ValueError(f"{type(self).__name__}: the sampler is greedy (temperature 0), and the relaxation "
+            raise InputError(f"{type(self).__name__}: the sampler is greedy (temperature 0), and the relaxation "
                              f"softmax(phi / tau) needs tau > 0: give the strategy one explicitly, e.g. "
                              f"{type(self).__name__}(temperature=0.7)")
         return tau, self.top_p if self.top_p is not None else top_p
@@ -112,28 +109,34 @@ class GatedGuidance(Guidance):
             return torch.optim.Adam(params, lr=self.lr)
         return torch.optim.SGD(params, lr=self.lr)
 
-    def relaxed_reward(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Tensor, Tensor]:
-        """Rewards (R,) of the input relaxed from ``phi`` (N, V) with inner step ``inner``'s hard
-        sample, and the gate weights (N,)."""
+    def relaxed_reading(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Reading, Tensor]:
+        """The reward-model reading (rewards (R,), tokens) of the input relaxed from ``phi`` (N, V)
+        with inner step ``inner``'s hard sample, and the gate weights (N,)."""
         tau, top_p = self.sampling(step.temperature, step.top_p)
         hard = step.hard_tokens(phi, inner, temperature=tau, top_p=top_p)
         out = relax_embeddings(phi, step.table, hard, gate=self.gate, temperature=tau,
                                entropy_temperature=self.entropy_temperature, validate=False)
-        return step.score(out.embeds, phi), out.weight
+        return step.read(out.embeds, phi), out.weight
+
+    def relaxed_reward(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Tensor, Tensor]:
+        """Rewards (R,) of the relaxed input and the gate weights (N,) (see ``relaxed_reading``)."""
+        reading, weight = self.relaxed_reading(phi, step, inner)
+        return reading.rewards, weight
 
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
-        if not self.active(step.index, step.total) or phi.shape[0] == 0 or not self.entropy_ok(phi):
-            return GuidanceOutput(phi)
+        """M optimiser steps on ``-sum(rewards)`` from ``phi`` (N, V); the loop calls it only where
+        ``guides`` says so."""
         var = phi.detach().float().clone().requires_grad_(True)
         opt = self._make_optimizer([var])
         weight = before = None
         with torch.enable_grad():
             for m in range(self.steps):
-                rewards, w = self.relaxed_reward(var, step, m)
+                reading, w = self.relaxed_reading(var, step, m)
                 if m == 0:
-                    weight, before = w.detach(), rewards.detach()
+                    weight, before = w.detach(), reading.rewards.detach()
                 opt.zero_grad(set_to_none=True)
-                (-rewards.sum()).backward()
+                (-reading.rewards.sum()).backward()
+                step.work.add_backward(reading.tokens)
                 opt.step()
         after = None
         if step.diagnose:

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from entrgi_core import rng
+from entrgi_core import checks, rng
 from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, StepUpdate
+from entrgi_core.draws import token_log_probs
+from entrgi_core.errors import InputError
 from entrgi_core.ops import relax_embeddings
-from entrgi_core.sampling import token_log_probs
 
 POTENTIALS = ("difference", "max", "sum")
 INTERMEDIATE = ("relaxed", "hard")
@@ -63,35 +64,32 @@ class SMC(Guidance):
         intermediate: the reward of a partial sample: "relaxed" (masked positions as the proposal's
             gated relaxation; EntRGi's gate when the proposal has none) or "hard" (each masked
             position completed by the argmax of the proposal's logits).
-        every: read the intermediate reward, and consider resampling, every k-th denoising step
-            (steps k-1, 2k-1, ...; never at the last step, which is scored as a whole).
+        every: read the intermediate reward, and consider resampling, every k-th denoising step taken
+            (steps 0, k, 2k, ..., as ``every`` counts in every strategy; never at the last step,
+            which is scored as a whole).
         ess_threshold: resample a prompt when its ESS is at most this fraction of K (1: at every
             reading; 0: never).
         scheme: "systematic" (the only one implemented).
     """
 
     name = "smc"
+    particles = True
 
     def __init__(self, proposal: Guidance | None = None, beta: float = 1.0, potential: str = "difference",
                  intermediate: str = "relaxed", every: int = 1, ess_threshold: float = 0.5,
                  scheme: str = "systematic"):
         super().__init__()
         if proposal is not None and not isinstance(proposal, Guidance):
-            raise ValueError(f"SMC: proposal must be a guidance strategy or None, got {type(proposal).__name__}")
+            raise InputError(f"SMC: proposal must be a guidance strategy or None, got {type(proposal).__name__}")
         if isinstance(proposal, SMC):
-            raise ValueError("SMC: the proposal cannot itself be SMC")
-        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and beta > 0 and not math.isnan(beta)):
-            raise ValueError(f"SMC: beta must be > 0 (float('inf'): no reward weighting), got {beta!r}")
-        if potential not in POTENTIALS:
-            raise ValueError(f"SMC: potential must be one of {POTENTIALS}, got {potential!r}")
-        if intermediate not in INTERMEDIATE:
-            raise ValueError(f"SMC: intermediate must be one of {INTERMEDIATE}, got {intermediate!r}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"SMC: every must be an integer >= 1, got {every!r}")
-        if isinstance(ess_threshold, bool) or not (isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1):
-            raise ValueError(f"SMC: ess_threshold must lie in [0, 1], got {ess_threshold!r}")
-        if scheme != "systematic":
-            raise ValueError(f"SMC: scheme must be 'systematic', got {scheme!r}")
+            raise InputError("SMC: the proposal cannot itself be SMC")
+        beta = checks.real(beta, who="SMC", name="beta", rule="be > 0 (float('inf'): no reward weighting)",
+                           ok=lambda v: v > 0, finite=False)
+        checks.one_of(potential, POTENTIALS, who="SMC", name="potential")
+        checks.one_of(intermediate, INTERMEDIATE, who="SMC", name="intermediate")
+        every = checks.integer(every, who="SMC", name="every", minimum=1)
+        ess_threshold = checks.fraction(ess_threshold, who="SMC", name="ess_threshold")
+        checks.one_of(scheme, ("systematic",), who="SMC", name="scheme")
         self.proposal = proposal
         self.beta = float(beta)
         self.potential, self.intermediate, self.every = potential, intermediate, every
@@ -110,16 +108,17 @@ class SMC(Guidance):
     def active(self, index: int, total: int) -> bool:
         return self.proposal is not None and self.proposal.needs_reward and self.proposal.active(index, total)
 
+    def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
+        return self.proposal is not None and self.proposal.guides(step, phi)
+
     def check(self, temperature: float, top_p: float) -> None:
         if not temperature > 0:
-            raise ValueError("SMC: the sampler is greedy (temperature 0); importance weights need token "
+            raise InputError("SMC: the sampler is greedy (temperature 0); importance weights need token "
                              "probabilities, so sample with temperature > 0")
         if self.proposal is not None and self.proposal.needs_reward:
             self.proposal.check(temperature, top_p)
 
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
-        if not self.active(step.index, step.total):
-            return GuidanceOutput(phi)
         return self.proposal.refine(phi, step)
 
     def settings(self) -> dict:
@@ -137,8 +136,9 @@ class SMC(Guidance):
         return Particles(prompts, samples, zeros, zeros.clone())
 
     def reads_reward(self, index: int, total: int) -> bool:
-        """Whether step ``index`` reads the intermediate reward and may resample."""
-        return (index + 1) % self.every == 0 and index < total - 1
+        """Whether step ``index`` reads the intermediate reward and may resample: steps 0, k, 2k, ...
+        (as every strategy counts ``every``), never the last (scored as a whole)."""
+        return index % self.every == 0 and index < total - 1
 
     def observe(self, state: Particles, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
         b, k = state.prompts, state.samples

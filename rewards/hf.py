@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from entrgi_core.hub import as_dtype, check_remote_code, check_source, max_positions
+from entrgi_core.errors import InputError
 from rewards.base import RewardAdapter, RewardContext, pad_token_ids
 
 _SENTINEL = "\u2063ENTRGI_RESPONSE\u2063"
@@ -53,7 +54,7 @@ class HFRewardModel(RewardAdapter):
     def _setup(self, model, tokenizer, min_coverage, name, prefix_cache=None, autocast=None):
         self.model = model.eval().requires_grad_(False)     # the only registered submodule
         if prefix_cache not in (None, True, False):
-            raise ValueError(f"HFRewardModel: prefix_cache must be None (auto), true or false, got {prefix_cache!r}")
+            raise InputError(f"HFRewardModel: prefix_cache must be None (auto), true or false, got {prefix_cache!r}")
         self.prefix_cache = prefix_cache
         self.autocast = None if autocast is None else as_dtype(autocast)
         self._causal: bool | None = None
@@ -61,7 +62,7 @@ class HFRewardModel(RewardAdapter):
         self.min_coverage = min_coverage
         self.name = name or getattr(tokenizer, "name_or_path", None) or type(model).__name__
         if self.head is None:
-            raise ValueError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
+            raise InputError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
         self.max_positions = max_positions(model.config)
         self._cache: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
 
@@ -91,13 +92,13 @@ class HFRewardModel(RewardAdapter):
                     tokenize=False,
                 )
                 if text.count(_SENTINEL) != 1:
-                    raise ValueError(f"{self.name}: the chat template does not place the response exactly once")
+                    raise InputError(f"{self.name}: the chat template does not place the response exactly once")
                 prefix, suffix = text.split(_SENTINEL)
             else:
                 prefix, suffix = prompt + "\n", ""
             enc = lambda s: tok(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
             self._cache[prompt] = (enc(prefix), enc(suffix))
-            if len(self._cache) > self.CACHE_SIZE:
+            while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
         return self._cache[prompt]
 
@@ -216,7 +217,7 @@ class HFRewardModel(RewardAdapter):
     @torch.no_grad()
     def score_text(self, prompts: list[str], responses: list[str]) -> Tensor:
         if len(prompts) != len(responses):
-            raise ValueError(f"score_text: {len(prompts)} prompts but {len(responses)} responses")
+            raise InputError(f"score_text: {len(prompts)} prompts but {len(responses)} responses")
         ids, keep = pad_token_ids([self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else []
                                    for t in responses], self.device)
         return self.score_embeds(self.prepare(prompts), self.embedding_table[ids], keep)

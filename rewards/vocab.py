@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from entrgi_core.errors import InputError
 
 
 def normalize_token(token: str) -> str:
@@ -127,7 +128,7 @@ def align_vocab(dlm_tokenizer, rm_tokenizer, *, vocab_size: int | None = None, m
     al = VocabAlignment(index=index, pieces=table, counts=counts, exact=exact, split=split, missing=len(unmapped),
                         unmapped=sorted(unmapped), split_tokens=sorted(split_tokens))
     if al.coverage < min_coverage:
-        raise ValueError(
+        raise InputError(
             f"vocabulary alignment: only {al.coverage:.1%} of the {al.ordinary} ordinary tokens of the dLLM tokenizer "
             f"{_name(dlm_tokenizer)!r} are represented by the reward tokenizer {_name(rm_tokenizer)!r} "
             f"({al.exact} exact, {al.split} split, {al.missing} missing; threshold {min_coverage:.0%}; missing e.g. "

@@ -6,7 +6,7 @@ import torch
 from entrgi_core import DenoiseConfig, generate
 from guidance import EntRGi, Expectation, NoGuidance
 from rewards import HFRewardModel
-from tests.test_engine import PROMPTS
+from tests.conftest import PROMPTS, make_step
 
 CFG = DenoiseConfig(steps=4, max_new_tokens=6, num_samples=2)
 
@@ -100,14 +100,15 @@ def test_guided_step_schedules(dlm, rm, kwargs, guided):
         assert torch.equal(res.tokens, generate(dlm, PROMPTS[:2], reward=rm, config=cfg).tokens)
 
 
-def test_a_step_the_schedule_excludes_is_exactly_unguided(dlm, rm):
-    from tests.test_engine import make_step
+def test_the_strategy_alone_says_which_steps_it_guides(dlm, rm):
     tokens = torch.full((2, 4), dlm.mask_id)
     rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
     phi = torch.randn(rows.numel(), dlm.vocab_size)
     g = EntRGi(every=2)
-    assert g.refine(phi, make_step(dlm, rm, tokens, rows, cols, index=1)).logits is phi
-    assert g.refine(phi, make_step(dlm, rm, tokens, rows, cols, index=2)).logits is not phi
+    assert [g.guides(make_step(dlm, rm, tokens, rows, cols, index=i), phi) for i in range(4)] == [True, False] * 2
+    none = rows[:0]
+    assert not g.guides(make_step(dlm, rm, tokens, none, none, index=0), phi[:0])     # no masked position
+    assert not EntRGi(steps=0).guides(make_step(dlm, rm, tokens, rows, cols), phi)
 
 
 @pytest.mark.parametrize("kwargs,message", [({"every": 0}, "every must be an integer >= 1"),
@@ -125,9 +126,8 @@ def test_diagnose_on_a_linear_reward_has_the_known_answer(dlm):
     special token, which would cut or drop the response), E_q[R(E[x])] = R(q @ E): the soft
     relaxation is exact (gap 0) and every gate's gradient is the gradient of the expected reward
     (cosine 1, computed exactly by enumerating the vocabulary)."""
-    from entrgi_core.diagnose import probe, summarize_bins
+    from entrgi_core.tools.diagnose import probe, summarize_bins
     from rewards import CallableReward
-    from tests.test_engine import make_step
 
     table = dlm.model.get_input_embeddings().weight.detach()
     w = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(0))
@@ -149,7 +149,7 @@ def test_diagnose_on_a_linear_reward_has_the_known_answer(dlm):
 
 
 def test_diagnose_records_states_and_bins_positions(dlm, rm):
-    from entrgi_core.diagnose import diagnose
+    from entrgi_core.tools.diagnose import diagnose
     cfg = DenoiseConfig(steps=8, max_new_tokens=6, num_samples=1)
     points = diagnose(dlm, rm, PROMPTS[:2], cfg, positions=2, samples=64, draws=2)   # V > 64: sampled estimate
     assert len(points) == 3 * 2 * 2 and {p["step"] for p in points} == {2, 4, 6}
@@ -199,7 +199,7 @@ def test_the_imperfect_reward_model_is_imperfect():
 
 
 def test_matched_compute_reads_each_curve_at_or_below_each_budget():
-    from entrgi_core.compare import matched
+    from entrgi_core.tools.compare import matched
     rows = [dict(family="Best-of-N", label="BoN K=4", k=4, top1=0.5, forward_equivalents=129),
             dict(family="Best-of-N", label="BoN K=8", k=8, top1=0.7, forward_equivalents=258),
             dict(family="SMC", label="SMC K=2", k=2, top1=0.8, forward_equivalents=120),

@@ -1,44 +1,16 @@
 """The sampler-strategy contract (issue 8): fresh imports, one source of truth for sampling
 settings, typed per-prompt diagnostics, alignment only where needed, schedules as objects with
 LLaDA's own, position limits, and split tokens entering the reward model as its own tokens."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from entrgi_core import DenoiseConfig, LLaDALM, MaskedLM, generate, tinyworld
-from entrgi_core.contract import GuidanceStep
-from entrgi_core.models import DiffusionLM
+from entrgi_core import DenoiseConfig, LLaDALM, generate
+from entrgi_core.contract import Sampling
 from entrgi_core.schedules import DreamSchedule, LLaDASchedule
 from guidance import EntRGi, NoGuidance, StraightThrough
 from rewards import CallableReward, HFRewardModel
-from tests.test_engine import PROMPTS, make_step
+from tests.conftest import PROMPTS, exploding_model, make_step
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------------------- 1. fresh imports
-
-@pytest.mark.parametrize("statement", [
-    "import guidance", "from guidance import EntRGi", "import rewards", "from rewards import HFRewardModel",
-    "import entrgi_core", "import entrgi_core.cli", "import entrgi_core.module", "import entrgi_core.sampler",
-    "import entrgi_core.contract", "import entrgi_core.data", "import entrgi_core.writer", "import entrgi_core.demo",
-    "import guidance.base", "import rewards.hf", "from entrgi_core.tinyworld import evaluate",
-    "from guidance import SMC", "from guidance import GuidanceLogitsProcessor", "from guidance import DreamGuidanceHook",
-    "import entrgi_core.diffusion_gemma", "import entrgi_core.tinyworld.diffusion_gemma",
-])
-def test_each_public_module_imports_first_in_a_fresh_interpreter(statement):
-    proc = subprocess.run([sys.executable, "-c", statement], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_the_sampler_imports_no_strategy_or_reward_package():
-    code = ("import sys, entrgi_core.sampler, entrgi_core.contract; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('guidance', 'rewards')))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- 2. one source of truth
@@ -200,7 +172,7 @@ def test_top_k_reaches_the_hard_sample(dlm, rm):
     tokens = torch.full((3, 5), dlm.mask_id)
     rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
     phi = torch.randn(rows.numel(), dlm.vocab_size, generator=torch.Generator().manual_seed(0))
-    step = make_step(dlm, rm, tokens, rows, cols, top_k=1)
+    step = make_step(dlm, rm, tokens, rows, cols, sampling=Sampling(0.7, 0.95, 1))
     for inner in range(3):
         assert torch.equal(step.hard_tokens(phi, inner, temperature=5.0, top_p=1.0), phi.argmax(-1))
     free = make_step(dlm, rm, tokens, rows, cols)
@@ -208,19 +180,6 @@ def test_top_k_reaches_the_hard_sample(dlm, rm):
 
 
 # ----------------------------------------------------------------------------- 8. position limits
-
-def exploding_model():
-    class Exploding(DiffusionLM):
-        def forward_logits(self, *a):
-            raise AssertionError("model ran")
-    from transformers import BertConfig, BertForMaskedLM
-
-    from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
-    tok = build_dlm_tokenizer()
-    return Exploding.from_model(BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
-                                                           num_attention_heads=1, intermediate_size=8,
-                                                           max_position_embeddings=64)), tok)
-
 
 def test_prompts_over_the_position_limit_are_refused_before_model_compute(rm):
     long = " ".join(["the hotel was great"] * 750)                   # 3,000 words
@@ -241,11 +200,6 @@ def test_a_non_string_prompt_is_named_as_such(rm):
 
 # ----------------------------------------------------------------------------- 11. split tokens
 
-@pytest.fixture(scope="module")
-def world():
-    return MaskedLM(str(tinyworld.dlm_path())), HFRewardModel(str(tinyworld.rm_path()))
-
-
 def test_one_hot_embeddings_equal_text_for_split_and_missing_words(world):
     dlm, rm = world
     texts = ["it is overpriced and unreliable", "the staff was unfriendly but the room was sloppy",
@@ -256,7 +210,7 @@ def test_one_hot_embeddings_equal_text_for_split_and_missing_words(world):
         row = dlm.tokenizer(text, add_special_tokens=False)["input_ids"]
         tokens[i, : len(row)] = torch.tensor(row)
     none = torch.zeros(0, dtype=torch.long)
-    step = make_step(dlm, rm, tokens, none, none, context=rm.prepare(PROMPTS))
+    step = make_step(dlm, rm, tokens, none, none, prompts=PROMPTS)
     embeds, keep = step.reward_inputs(torch.zeros(0, rm.embedding_table.shape[1]), torch.zeros(0, dlm.vocab_size))
     assert keep.sum(1).tolist() == [7, 10, 4]                         # split words take two RM positions
     with torch.no_grad():
@@ -279,7 +233,7 @@ def test_mixed_canvas_packs_committed_pieces_and_relaxed_slots(world):
     words = dlm.tokenizer("it is overpriced", add_special_tokens=False)["input_ids"]
     tokens = torch.tensor([words + [dlm.mask_id, dlm.mask_id]])       # (1, 5): 3 committed, 2 masked
     rows, cols = torch.tensor([0, 0]), torch.tensor([3, 4])
-    step = make_step(dlm, rm, tokens, rows, cols, context=rm.prepare(PROMPTS[:1]))
+    step = make_step(dlm, rm, tokens, rows, cols, prompts=PROMPTS[:1])
     relaxed = torch.randn(2, rm.embedding_table.shape[1])
     phi = torch.zeros(2, dlm.vocab_size)
     phi[:, dlm.tokenizer.convert_tokens_to_ids("great")] = 1.0

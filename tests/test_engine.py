@@ -2,15 +2,14 @@
 import pytest
 import torch
 
-from entrgi_core import DenoiseConfig, DreamLM, LLaDALM, MaskedLM, generate
+from entrgi_core import DenoiseConfig, DreamLM, LLaDALM, MaskedLM, NonFiniteLogitsError, generate
 from entrgi_core.models import DiffusionLM
-from guidance import STRATEGIES, EntRGi, Expectation, GuidanceOutput, GuidanceStep, NoGuidance, StraightThrough
+from guidance import STRATEGIES, EntRGi, Expectation, GuidanceOutput, NoGuidance, StraightThrough
 from rewards import HFRewardModel, align_vocab
-from tests.conftest import requires_cuda
+from tests.conftest import PROMPTS, make_step, requires_cuda, small_config
 from tests.tiny import save_tiny_rm
 
-PROMPTS = ["write a review of the hotel", "write a review of this phone", "write a review of the museum"]
-SMALL = DenoiseConfig(steps=6, max_new_tokens=8, num_samples=2, seed=3)
+SMALL = small_config()
 
 
 def test_dream_shift_and_llada_no_shift(dlm):
@@ -98,15 +97,6 @@ def test_strategy_contract_refine_ascends_reward(cls, tmp_path, dlm):
         gains.append(float(after - before))
     assert sum(gains) / len(gains) > 0, gains
     assert NoGuidance().refine(phi, step).logits is phi
-
-
-def make_step(dlm, rm, tokens, rows, cols, **kw):
-    r = tokens.shape[0]
-    fields = dict(index=0, total=10, reward=rm, context=rm.prepare(PROMPTS[:1] * r),
-                  vocab=rm.aligned(dlm.tokenizer, dlm.vocab_size), tokens=tokens, rows=rows, cols=cols,
-                  stop_ids=torch.tensor(dlm.stop_ids, device=tokens.device), keys=torch.arange(r, device=tokens.device),
-                  samples=r, temperature=0.7, top_p=0.95, top_k=None)
-    return GuidanceStep(**{**fields, **kw})
 
 
 def test_diagnostics_and_result_fields(dlm, rm):
@@ -220,7 +210,7 @@ def test_non_finite_logits_name_the_step(dlm, rm):
             type(self).calls += 1
             return out * float("nan") if type(self).calls > 2 else out
     bad = NaNAfter.from_model(dlm.model, dlm.tokenizer)
-    with pytest.raises(FloatingPointError, match="non-finite logits at denoising step 2"):
+    with pytest.raises(NonFiniteLogitsError, match="the model at denoising step 2: non-finite logits"):
         generate(bad, PROMPTS[:1], config=SMALL)
 
 

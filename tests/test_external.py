@@ -9,13 +9,12 @@ import torch
 import yaml
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, LogitsProcessorList
 
-from entrgi_core import DenoiseConfig, MaskedLM, generate, tinyworld
+from entrgi_core import DenoiseConfig, DreamLM, MaskedLM, generate, tinyworld
 from entrgi_core.diffusion_gemma import DiffusionGemmaLM
 from entrgi_core.tinyworld.diffusion_gemma import save_tiny_diffusion_gemma
 from guidance import SMC, DreamGuidanceHook, EntRGi, Expectation, GuidanceLogitsProcessor
-from rewards import HFRewardModel
+from tests.conftest import cli, read_jsonl, strip
 from tests.dream_like import DreamLike
-from tests.test_lightning import cli, read_jsonl, strip
 
 PROMPTS = ["write a review of the hotel", "write a review of this phone", "write a review of the museum",
            "write a review of the laptop", "write a review of the bakery", "write a review of this camera"]
@@ -32,8 +31,8 @@ def gemma(gemma_path):
 
 
 @pytest.fixture(scope="module")
-def world_rm():
-    return HFRewardModel(str(tinyworld.rm_path()))
+def world_rm(world):
+    return world[1]
 
 
 def chat_ids(tok, prompts):
@@ -133,15 +132,15 @@ def test_processor_errors_are_clear(gemma, world_rm):
     with pytest.raises(ValueError, match="one processor per generate"):
         proc(torch.zeros(1, 7, dtype=torch.long), torch.randn(1, 8, len(tok)), cur_step=torch.tensor(3))
     proc.reset()
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
         proc(torch.zeros(1, 5, dtype=torch.long), torch.randn(1, 8, len(tok)), cur_step=torch.tensor(3))
 
 
 # ----------------------------------------------------------------------------- the Dream hook
 
 @pytest.fixture(scope="module")
-def dream_like():
-    dlm = MaskedLM.from_pretrained(str(tinyworld.dlm_path()))
+def dream_like(world):
+    dlm = world[0]
     return DreamLike(dlm.model, dlm.mask_id), dlm.tokenizer
 
 
@@ -191,6 +190,50 @@ def test_dream_hook_guides_only_masked_response_positions(dream_like, world_rm):
                           prompts=PROMPTS[:1])
 
 
+def test_dream_lm_and_the_dream_hook_end_a_response_at_the_same_token(world, world_rm):
+    """One stop rule: the tokenizer's EOS and pad, the generation config's EOS ids and the chat
+    template's turn end, read by both the model adapter and the hook."""
+    from transformers import GenerationConfig
+
+    from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
+
+    tok = build_dlm_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|endoftext|>"]})
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}"
+                         "{% if m['role'] == 'assistant' %}<|im_end|>{% endif %} {% endfor %}"
+                         "{% if add_generation_prompt %}assistant :{% endif %}")
+    turn_end, text_end = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model = world[0].model
+    model.generation_config = GenerationConfig(eos_token_id=[tok.eos_token_id, text_end])
+    try:
+        dream = DreamLM.from_model(model, tok)
+        hook = DreamGuidanceHook(world_rm, EntRGi(steps=1), tokenizer=tok, prompts=PROMPTS[:1], temperature=0.7,
+                                 generation_config=model.generation_config)
+    finally:
+        del model.generation_config
+    assert tuple(hook.stop_list) == dream.stop_ids
+    assert {turn_end, text_end, tok.eos_token_id, tok.pad_token_id} == set(dream.stop_ids)
+    assert dream.mask_id not in dream.stop_ids
+    words = tok("the hotel was great", add_special_tokens=False)["input_ids"]
+    for stop in (turn_end, text_end):                      # both cut the response where the adapter does
+        row = [hook.mask_id] + words[:2] + [stop] + words[2:]     # a masked position, then "the hotel", stop
+        assert dream.response_text(row) == "the hotel"
+        seen = []
+
+        class Spy(EntRGi):
+            def refine(self, phi, step):
+                seen.append(int(step.reward_inputs(step.table[:1].expand(phi.shape[0], -1), phi)[1].sum()))
+                return super().refine(phi, step)
+
+        spy = DreamGuidanceHook(world_rm, Spy(steps=1), tokenizer=tok, prompts=PROMPTS[:1], temperature=0.7,
+                                generation_config=GenerationConfig(eos_token_id=[tok.eos_token_id, text_end]))
+        x = torch.tensor([[5, 6, 7] + row])
+        logits = torch.randn(1, x.shape[1], len(tok))
+        logits[..., words[0]] += 100                       # the masked position reads as a word, not a stop
+        spy(0, x, logits)
+        assert seen == [3]                                 # the reward model reads the relaxed slot and "the hotel"
+
+
 # ----------------------------------------------------------------------------- our sampler, Lightning and the CLI
 
 def test_generate_runs_diffusion_gemma_through_its_own_loop(gemma_path, world_rm):
@@ -220,6 +263,7 @@ def test_diffusion_gemma_adapter_errors(gemma_path, world_rm, tiny_dlm_path):
         DiffusionGemmaLM.from_model(bert.model, bert.tokenizer)
 
 
+@pytest.mark.slow
 def test_entrgi_predict_runs_a_diffusion_gemma_config(gemma_path, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p, "id": f"p{i}"}) + "\n" for i, p in enumerate(PROMPTS[:4])))

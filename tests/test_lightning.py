@@ -1,43 +1,19 @@
 """trainer.predict with GuidedDenoiser, PromptDataModule and the resumable JSONL writer; the CLI."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
-import yaml
 
-from entrgi_core import DenoiseConfig
+from entrgi_core import DenoiseConfig, InputError
 from entrgi_core.data import PromptDataModule, text_id
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.writer import JsonlPredictionWriter, read_jsonl
 from guidance import EntRGi, NoGuidance
+from tests.conftest import REVIEW_PROMPTS as PROMPTS
+from tests.conftest import prompts_file, strip, trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [f"write a review of {s}" for s in ["the hotel", "the zoo", "the park", "this phone", "the museum",
-                                               "the beach", "this book"]]
 CFG = DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2)
-
-
-def trainer(callbacks, **kw):
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-                     callbacks=callbacks, **kw)
-
-
-def strip(records):
-    """Records without timings, and with float noise (batch-size dependent rounding) rounded off."""
-    def rounded(v):
-        if isinstance(v, float):
-            return round(v, 4)
-        if isinstance(v, list):
-            return [rounded(x) for x in v]
-        if isinstance(v, dict):
-            return {k: rounded(x) for k, x in v.items()}
-        return v
-    return [{k: rounded(v) for k, v in r.items() if k != "seconds"} for r in records]
 
 
 def test_predict_writes_sorted_records_and_summary(dlm, rm, tmp_path):
@@ -95,7 +71,7 @@ def test_other_config_in_output_dir_is_refused_unless_overwrite(dlm, rm, tmp_pat
                                                             datamodule=dm(), return_predictions=False)
     before = (tmp_path / "predictions.jsonl").read_text()
     other = GuidedDenoiser(dlm, rm, EntRGi(steps=1), CFG)
-    with pytest.raises(RuntimeError, match="different configuration.*overwrite"):
+    with pytest.raises(InputError, match="different configuration.*overwrite"):
         trainer([JsonlPredictionWriter(str(tmp_path))]).predict(other, datamodule=dm(), return_predictions=False)
     assert (tmp_path / "predictions.jsonl").read_text() == before   # nothing lost
     trainer([JsonlPredictionWriter(str(tmp_path), overwrite=True)]).predict(other, datamodule=dm(),
@@ -105,7 +81,7 @@ def test_other_config_in_output_dir_is_refused_unless_overwrite(dlm, rm, tmp_pat
 
 def test_guidance_under_inference_mode_is_a_clear_error(dlm, rm, tmp_path):
     t = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, inference_mode=True)
-    with pytest.raises(RuntimeError, match="inference_mode=False"):
+    with pytest.raises(InputError, match="inference_mode=False"):
         t.predict(GuidedDenoiser(dlm, rm, EntRGi(steps=1), CFG), datamodule=PromptDataModule(prompts=PROMPTS[:1]))
     # unguided prediction is fine under inference mode
     out = t.predict(GuidedDenoiser(dlm, rm, NoGuidance(), CFG), datamodule=PromptDataModule(prompts=PROMPTS[:1]))
@@ -162,102 +138,50 @@ def test_prompt_sources_ids_subset_and_limit(tmp_path):
     assert a.items[0]["id"] == text_id(a.items[0]["prompt"])
 
 
-# ----------------------------------------------------------------------------- CLI
-
-def cli(*args, cwd=ROOT, env_extra=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "entrgi_core.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"entrgi {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+def test_a_moved_prompt_file_still_resumes(tmp_path):
+    a = PromptDataModule(path=str(prompts_file(tmp_path / "a.jsonl", ["x", "y"])))
+    (tmp_path / "moved").mkdir()
+    b = PromptDataModule(path=str(prompts_file(tmp_path / "moved" / "a.jsonl", ["x", "y"])))
+    c = PromptDataModule(path=str(prompts_file(tmp_path / "c.jsonl", ["x", "z"])))
+    assert a.identity() == b.identity() != c.identity()
 
 
-@pytest.fixture
-def cli_config(tmp_path, tiny_dlm_path, tiny_rm_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p, "id": f"p{i}"}) + "\n" for i, p in enumerate(PROMPTS)))
-    cfg = {
-        "dlm": {"class_path": "entrgi_core.models.MaskedLM", "init_args": {"path": str(tiny_dlm_path)}},
-        "reward": {"class_path": "rewards.hf.HFRewardModel", "init_args": {"path": str(tiny_rm_path)}},
-        "guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": 1}},
-        "sampling": {"steps": 4, "max_new_tokens": 8, "num_samples": 2},
-        "data": {"path": str(prompts), "id_field": "id", "batch_size": 2},
-        "trainer": {"accelerator": "cpu", "devices": 1},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def test_a_number_as_prompt_is_not_a_string(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": 42}\n')
+    with pytest.raises(ValueError, match=r"record 2: the prompt in field 'prompt' is not a string \(int: 42\)"):
+        PromptDataModule(path=str(path))
 
 
-def test_cli_two_processes_equal_one(cli_config, tmp_path):
-    cli("predict", "--config", str(cli_config), "--output_dir", str(tmp_path / "one"))
-    cli("predict", "--config", str(cli_config), "--output_dir", str(tmp_path / "two"),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp")
-    one = read_jsonl(tmp_path / "one" / "predictions.jsonl")
-    two = read_jsonl(tmp_path / "two" / "predictions.jsonl")
-    assert [r["prompt_id"] for r in one] == [f"p{i}" for i in range(len(PROMPTS))]
-    assert strip(one) == strip(two)
+def test_the_authors_prompt_slices(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"prompt": f"question {i}"} for i in range(300)]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in (1, 2, 3):
+        want = datasets.Dataset.from_list(rows).shuffle(seed=seed).select(range(64))["prompt"]
+        dm = PromptDataModule(path=str(path), subset_size=64, shuffle_seed=seed, slicing="hf")
+        assert [it["prompt"] for it in dm.items] == want
+    with pytest.raises(ValueError, match="slicing must be 'random' or 'hf'"):
+        PromptDataModule(path=str(path), slicing="numpy")
 
 
-def test_cli_overrides_and_bad_input(cli_config, tmp_path):
-    out = tmp_path / "o"
-    cli("predict", "--config", str(cli_config), "--output_dir", str(out), "--guidance", "guidance.Expectation",
-        "--guidance.steps", "2")
-    assert {r["method"] for r in read_jsonl(out / "predictions.jsonl")} == {"expectation"}
-    bad = cli("predict", "--config", str(cli_config), "--output_dir", str(out), check=False)
-    assert bad.returncode != 0 and "different configuration" in bad.stderr
-    too_many = cli("predict", "--config", str(cli_config), "--trainer.devices", "999", check=False)
-    assert too_many.returncode != 0 and "--trainer.devices 999" in too_many.stderr
-    missing = cli("predict", "--config", str(cli_config), "--data.path", str(tmp_path / "nope.jsonl"), check=False)
-    assert missing.returncode != 0 and "prompt file not found" in missing.stderr
-    assert "Loading weights" not in missing.stderr        # failed before any model was loaded
-    helptext = cli("--help").stdout
-    assert "entrgi predict --config" in helptext
+def test_guided_denoiser_checks_each_setting_once(dlm, rm, monkeypatch):
+    """The plan is checked on construction and the data module's prompts in setup: predict_step runs
+    neither check again."""
+    calls = {"check": 0, "lengths": 0}
+    original_check, original_lengths = type(dlm).check, __import__("entrgi_core.plan", fromlist=["x"]).check_prompt_lengths
 
+    def check(self, *a, **k):
+        calls["check"] += 1
+        return original_check(self, *a, **k)
 
-PAPER = ROOT / "configs" / "paper"
-PARTS = {part: sorted((PAPER / part).glob("*.yaml")) for part in ("dlm", "reward", "data", "method")}
-COMBOS = [[PAPER / "base.yaml", d, r, x, m] for d in PARTS["dlm"] for r in PARTS["reward"] for x in PARTS["data"]
-          for m in PARTS["method"]]
+    def lengths(*a, **k):
+        calls["lengths"] += 1
+        return original_lengths(*a, **k)
 
-
-def test_paper_parts_cover_the_paper_setups():
-    names = {part: {p.stem for p in paths} for part, paths in PARTS.items()}
-    assert names == {"dlm": {"dream7b", "llada8b"}, "reward": {"skywork0p6b", "skywork1p7b", "skywork4b"},
-                     "data": {"rmbench", "judgebench", "rewardbench2"},
-                     "method": {"entrgi", "aps", "expectation", "bon"}}
-    assert len(COMBOS) == 72
-
-
-def print_config(files, capsys, *extra):
-    from entrgi_core.cli import main
-    args = ["predict"] + [a for f in files for a in ("--config", str(f))] + list(extra) + ["--print_config"]
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    assert done.value.code in (0, None), capsys.readouterr().err
-    return yaml.safe_load(capsys.readouterr().out)
-
-
-GEMMA = [PAPER / "base.yaml", ROOT / "configs" / "diffusion_gemma.yaml", PAPER / "reward" / "skywork1p7b.yaml",
-         PAPER / "data" / "rmbench.yaml", PAPER / "method" / "entrgi.yaml"]
-
-
-@pytest.mark.parametrize("files", [[ROOT / "configs" / "tiny.yaml"]] + COMBOS + [GEMMA],
-                         ids=lambda fs: "+".join(f.stem for f in fs[1:]) or fs[0].stem)
-def test_every_documented_combination_parses(files, capsys, monkeypatch):
-    """Class paths resolve and values are valid, without loading any weights."""
-    import guidance as guidance_pkg
-
-    monkeypatch.chdir(ROOT)
-    cfg = print_config(files, capsys)
-    DenoiseConfig(**cfg["sampling"])
-    g = cfg["guidance"]
-    getattr(guidance_pkg, g["class_path"].rsplit(".", 1)[1])(**(g.get("init_args") or {}))
-    assert cfg["dlm"]["class_path"].rsplit(".", 1)[1] in ("DreamLM", "LLaDALM", "MaskedLM", "DiffusionGemmaLM")
-    if "DiffusionGemma" in cfg["dlm"]["class_path"]:
-        assert cfg["sampling"]["top_p"] == 1.0
-    assert cfg["reward"]["class_path"].endswith("HFRewardModel")
-    if files[0].name == "base.yaml":
-        assert cfg["data"]["slicing"] == "hf" and cfg["data"]["subset_size"] == 64
-        assert cfg["data"]["batch_size"] == (1 if "llada" in files[1].stem else 4)
+    monkeypatch.setattr(type(dlm), "check", check)
+    monkeypatch.setattr("entrgi_core.plan.check_prompt_lengths", lengths)
+    module = GuidedDenoiser(dlm, rm, EntRGi(steps=1), CFG)
+    trainer([]).predict(module, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=2), return_predictions=False)
+    assert calls == {"check": 1, "lengths": 1}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import entrgi_core.ops as ops
+from entrgi_core.errors import NonFiniteLogitsError
 from entrgi_core.ops import relax_embeddings, relax_embeddings_reference
 from tests.conftest import requires_cuda
 
@@ -180,11 +181,36 @@ def test_every_gate_passes_the_soft_gradient(gate):
 
 def test_opcheck():
     x, e, ids, w = make(5, 11, 4)
-    for gate, gw in (("entropy", None), ("ste", None), ("soft", None), ("given", w)):
-        args = (x.clone().requires_grad_(True), e, ids, gw, gate, 0.7, 1.0, 0)
+    for gw in (None, w, torch.ones(5), torch.zeros(5, dtype=torch.float64)):   # entropy gate, or w given
+        args = (x.clone().requires_grad_(True), e, ids, gw, 0.7, 1.0, 0)
         torch.library.opcheck(torch.ops.entrgi.relax_fwd.default, args)
-    _, _, stats = torch.ops.entrgi.relax_fwd(x, e, ids, None, "entropy", 0.7, 1.0, 0)
+    _, _, stats = torch.ops.entrgi.relax_fwd(x, e, ids, None, 0.7, 1.0, 0)
     torch.library.opcheck(torch.ops.entrgi.relax_bwd.default, (torch.randn(5, 4), x, e, stats, 0.7, 0))
+
+
+def test_fake_kernels_refuse_what_the_kernels_refuse():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, e, ids, w = make(4, 10, 3)
+    bad = [((x, e[:-1], ids, None), "V=10 columns but the table has 9"), ((x[0], e, ids, None), "logits must be [N, V]"),
+           ((x, e, ids[:3], None), "hard_ids must be int64 [N]"), ((x, e, ids.int(), None), "hard_ids must be int64"),
+           ((x, e, ids, w[:2]), "gate_weight must be floating [N]"), ((x.long(), e, ids, None), "must be floating")]
+    with FakeTensorMode() as mode:
+        for (lx, le, li, lw), message in bad:
+            fake = [mode.from_tensor(t) if t is not None else None for t in (lx, le, li, lw)]
+            with pytest.raises(ValueError, match=re.escape(message)):
+                torch.ops.entrgi.relax_fwd(*fake, 1.0, 1.0, 0)
+        out = torch.ops.entrgi.relax_fwd(*(mode.from_tensor(t) for t in (x, e, ids)), None, 1.0, 1.0, 0)
+        assert [tuple(t.shape) for t in out] == [(4, 3), (4,), (4, 2)]
+
+
+def test_nothing_is_saved_when_the_logits_need_no_gradient():
+    x, e, ids, _ = make(8, 50, 4)
+    e.requires_grad_(True)                                  # a table that wants a gradient gets none anyway
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = relax_embeddings(x, e, ids)
+    assert not saved and not out.embeds.requires_grad
 
 
 def test_torch_compile_fullgraph():
@@ -210,8 +236,6 @@ BAD = [
     (lambda x, e, i: (x[:, :1], e[:1], i.clamp(max=0)), {}, "V >= 2"),
     (lambda x, e, i: (x, e, i + 10), {}, "hard_ids must lie in [0, 10)"),
     (lambda x, e, i: (x, e, i - 1 - i.max()), {}, "hard_ids must lie in [0, 10)"),
-    (lambda x, e, i: (x.index_fill(0, torch.tensor([2]), float("-inf")), e, i), {}, "row 2 of the logits is all -inf"),
-    (lambda x, e, i: (x.index_fill(1, torch.tensor([3]), float("nan")), e, i), {}, "NaN or +inf"),
     (lambda x, e, i: (x, e, i), {"gate": torch.full((4,), 1.5)}, "values in [0, 1]"),
     (lambda x, e, i: (x, e, i), {"gate": torch.full((3,), 0.5)}, "gate tensor must be [N]"),
     (lambda x, e, i: (x, e, i), {"gate": "hard"}, "gate must be one of"),
@@ -232,14 +256,29 @@ def test_bad_input_is_a_clear_error(fn, build, kwargs, message):
         fn(*args, **kwargs)
 
 
-def test_compiled_op_checks_shapes_itself():
+@pytest.mark.parametrize("fn", [relax_embeddings, relax_embeddings_reference], ids=["op", "reference"])
+@pytest.mark.parametrize("where,message", [((0, 2), "row 2 of the logits is all -inf"), ((1, 3), "NaN or +inf")])
+def test_non_finite_logits_are_one_error(fn, where, message):
     x, e, ids, _ = make(4, 10, 3)
-    with pytest.raises(RuntimeError, match="V=10 columns but the table has 9"):
-        torch.ops.entrgi.relax_fwd(x, e[:-1], ids, None, "entropy", 1.0, 1.0, 0)
-    with pytest.raises(RuntimeError, match="no finite maximum"):
-        torch.ops.entrgi.relax_fwd(torch.full((2, 10), float("-inf")), e, ids[:2], None, "soft", 1.0, 1.0, 0)
-    with pytest.raises(RuntimeError, match="gate must be"):
-        torch.ops.entrgi.relax_fwd(x, e, ids, None, "bogus", 1.0, 1.0, 0)
+    dim, index = where
+    x = x.index_fill(dim, torch.tensor([index]), float("-inf") if dim == 0 else float("nan"))
+    with pytest.raises(NonFiniteLogitsError, match=re.escape(message)):
+        fn(x, e, ids)
+
+
+def test_compiled_op_checks_shapes_itself_and_propagates_non_finite_values():
+    x, e, ids, w = make(4, 10, 3)
+    with pytest.raises(ValueError, match="V=10 columns but the table has 9"):
+        torch.ops.entrgi.relax_fwd(x, e[:-1], ids, None, 1.0, 1.0, 0)
+    with pytest.raises(ValueError, match="gate_weight must be \\[N\\] with N=4"):
+        torch.ops.entrgi.relax_fwd(x, e, ids, w[:3], 1.0, 1.0, 0)
+    bad = x.clone()
+    bad[1] = float("-inf")                                  # all -inf
+    bad[2, 3] = float("nan")
+    for gate in ("entropy", "ste", "soft"):                 # as on CUDA: NaN rows out, the others exact
+        out = relax_embeddings(bad, e, ids, gate=gate, validate=False).embeds
+        assert torch.isnan(out[1:3]).all()
+        torch.testing.assert_close(out[[0, 3]], relax_embeddings(x[[0, 3]], e, ids[[0, 3]], gate=gate).embeds)
 
 
 def test_missing_extension_falls_back_with_one_message(monkeypatch):
@@ -295,4 +334,17 @@ def test_cuda_gradcheck_and_opcheck():
     fn = lambda xx: relax_embeddings(xx, e, ids, gate="soft", temperature=0.6).embeds  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x.requires_grad_(True),), eps=1e-6, atol=1e-6)
     torch.library.opcheck(torch.ops.entrgi.relax_fwd.default,
-                          (x.detach().float().requires_grad_(True), e.float(), ids, None, "entropy", 0.7, 1.0, 0))
+                          (x.detach().float().requires_grad_(True), e.float(), ids, None, 0.7, 1.0, 0))
+
+
+@requires_cuda
+def test_cuda_propagates_non_finite_logits_as_the_cpu_does():
+    x, e, ids, _ = make(4, 10, 3)
+    x[1] = float("-inf")
+    x[2, 3] = float("nan")
+    cpu = relax_embeddings(x, e, ids, validate=False).embeds
+    gpu = relax_embeddings(x.cuda(), e.cuda(), ids.cuda(), validate=False).embeds.cpu()
+    assert torch.isnan(gpu[1:3]).all() and torch.isnan(cpu[1:3]).all()
+    torch.testing.assert_close(gpu[[0, 3]], cpu[[0, 3]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(NonFiniteLogitsError):
+        relax_embeddings(x.cuda(), e.cuda(), ids.cuda())

@@ -8,14 +8,13 @@ import pytest
 import torch
 
 from entrgi_core import DenoiseConfig, generate, rng, tinyworld
-from entrgi_core.contract import GuidanceStep, StepUpdate
-from entrgi_core.models import MaskedLM
-from entrgi_core.sampling import sample_tokens, token_log_probs
+from entrgi_core.contract import GuidanceStep, Sampling, StepUpdate
+from entrgi_core.draws import sample_tokens, token_log_probs
 from guidance import SMC, EntRGi, Expectation, NoGuidance, StraightThrough
 from guidance.smc import systematic
-from rewards import HFRewardModel
-from tests.test_engine import PROMPTS, SMALL, make_step
-from tests.test_lightning import cli, cli_config, read_jsonl, strip  # noqa: F401 (a fixture)
+from tests.conftest import PROMPTS, cli, exploding_model, read_jsonl, small_config, strip
+
+SMALL = small_config()
 
 CFG = DenoiseConfig(steps=6, max_new_tokens=8, num_samples=3, seed=5)
 
@@ -66,15 +65,15 @@ class FixedReward(SMC):
 
 def hand_step(index, tokens, rows, cols):
     """A step of one prompt with K=3 rows and no reward model (the reward is given)."""
-    return GuidanceStep(index=index, total=10, reward=None, context=None, vocab=None, tokens=tokens, rows=rows,
-                        cols=cols, stop_ids=torch.tensor([0]), keys=torch.tensor([11, 12, 13]), samples=3,
-                        temperature=1.0, top_p=1.0, top_k=None)
+    return GuidanceStep(index=index, total=10, side=None, tokens=tokens, rows=rows, cols=cols,
+                        keys=torch.tensor([11, 12, 13]), samples=3, sampling=Sampling(1.0, 1.0, None))
 
 
 def test_weights_computed_by_hand():
-    """One prompt, K=3 particles, two masked positions each (N=6), V=3; step 0 commits particle
-    0's and 1's first position and reads no reward; step 1 commits particle 2's first position and
-    reads rewards (0.2, 0.5, -0.1) with beta 0.5 and the difference potential."""
+    """One prompt, K=3 particles, two masked positions each (N=6), V=3, every=2 (reads at steps 0,
+    2, 4, ...); step 1 commits particle 0's and 1's first position and reads no reward; step 2
+    commits particle 2's first position and reads rewards (0.2, 0.5, -0.1) with beta 0.5 and the
+    difference potential."""
     smc = FixedReward([[0.2, 0.5, -0.1]], proposal=None, beta=0.5, every=2, ess_threshold=0.0)
     state = smc.begin(1, 3, "cpu")
     p = torch.tensor([0.5, 0.25, 0.25]).log().expand(6, 3)
@@ -83,21 +82,21 @@ def test_weights_computed_by_hand():
     tokens = torch.full((3, 2), 9)
     sampled = torch.tensor([1, 0, 0, 2, 1, 1])
     committed = torch.tensor([True, False, True, False, False, False])
-    step0 = hand_step(0, tokens, rows, cols)
-    assert smc.observe(state, step0, StepUpdate(p, q, sampled, committed, tokens)) is None   # no read at step 0
+    step1 = hand_step(1, tokens, rows, cols)
+    assert smc.observe(state, step1, StepUpdate(p, q, sampled, committed, tokens)) is None   # no read at step 1
     # particle 0 took token 1: p/q = 0.25/0.5; particle 1 took token 0: 0.5/0.25
     torch.testing.assert_close(state.log_weight, torch.tensor([math.log(0.5), math.log(2.0), 0.0], dtype=torch.float64))
     committed = torch.tensor([False, False, False, False, True, False])
-    step1 = hand_step(1, tokens, rows, cols)
-    ancestors = smc.observe(state, step1, StepUpdate(p, q, sampled, committed, tokens))
+    step2 = hand_step(2, tokens, rows, cols)
+    ancestors = smc.observe(state, step2, StepUpdate(p, q, sampled, committed, tokens))
     log_w = torch.tensor([math.log(0.5) + 0.4, math.log(2.0) + 1.0, math.log(0.5) - 0.2], dtype=torch.float64)
     w = log_w.softmax(0)
     assert ancestors.tolist() == [0, 1, 2]                      # ess_threshold 0: never resampled
     torch.testing.assert_close(state.log_weight, log_w)
     torch.testing.assert_close(state.potential, torch.tensor([0.2, 0.5, -0.1], dtype=torch.float64))
     report = smc.report(state)
-    w0 = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64) / 3.5             # after step 0
-    assert report["ess_by_step"][0] == {0: round(float(1 / (w0 * w0).sum()), 4), 1: round(float(1 / (w * w).sum()), 4)}
+    w0 = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64) / 3.5             # after step 1
+    assert report["ess_by_step"][0] == {1: round(float(1 / (w0 * w0).sum()), 4), 2: round(float(1 / (w * w).sum()), 4)}
     assert report["resampled_at"] == [[]]
 
 
@@ -181,16 +180,9 @@ def test_resampling_copies_particles_which_then_diverge(dlm, rm):
 
 # ----------------------------------------------------------------------------- it steers
 
-@pytest.fixture(scope="module")
-def world():
-    dlm = MaskedLM.from_pretrained(str(tinyworld.dlm_path()))
-    rm = HFRewardModel(str(tinyworld.rm_path()))
-    prompts = [json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x][:6]
-    return dlm, rm, prompts
-
-
 def test_smc_raises_the_reward_over_its_proposal_on_the_tiny_world(world):
-    dlm, rm, prompts = world
+    dlm, rm = world
+    prompts = [json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x][:6]
     cfg = DenoiseConfig(steps=16, max_new_tokens=32, num_samples=4, seed=200)
     gains = []
     for proposal in (None, Expectation(steps=1)):
@@ -204,7 +196,7 @@ def test_potential_reads_are_counted_as_compute(dlm, rm):
     cfg = DenoiseConfig(steps=6, max_new_tokens=8, num_samples=2, seed=5)
     res = generate(dlm, PROMPTS[:1], reward=rm, guidance=SMC(beta=0.5, every=2), config=cfg)
     c = {k: v[0] for k, v in res.compute.items()}
-    assert c["rm_forwards"] == 2 * 2 + 2            # reads at steps 1 and 3 (not 5, the last), + final scoring
+    assert c["rm_forwards"] == 3 * 2 + 2            # reads at steps 0, 2 and 4 (not 5, the last), + final scoring
     assert c["rm_backwards"] == 0
 
 
@@ -214,7 +206,7 @@ def test_potential_reads_are_counted_as_compute(dlm, rm):
     ({"beta": 0}, "beta must be > 0"), ({"beta": float("nan")}, "beta must be > 0"),
     ({"potential": "mean"}, "potential must be one of"), ({"intermediate": "soft"}, "intermediate must be one of"),
     ({"every": 0}, "every must be an integer"), ({"ess_threshold": 1.5}, "ess_threshold must lie in"),
-    ({"scheme": "multinomial"}, "scheme must be 'systematic'"), ({"proposal": "EntRGi"}, "proposal must be a guidance"),
+    ({"scheme": "multinomial"}, "scheme must be one of"), ({"proposal": "EntRGi"}, "proposal must be a guidance"),
     ({"proposal": SMC()}, "cannot itself be SMC"),
 ])
 def test_bad_smc_settings(kwargs, message):
@@ -223,7 +215,6 @@ def test_bad_smc_settings(kwargs, message):
 
 
 def test_greedy_sampler_is_refused_before_model_compute(rm):
-    from tests.test_contract import exploding_model
 
     with pytest.raises(ValueError, match="importance weights need token probabilities"):
         generate(exploding_model(), ["x"], reward=rm, guidance=SMC(EntRGi(temperature=0.7)),
@@ -235,6 +226,7 @@ def test_smc_without_a_reward_model_is_refused(dlm):
         generate(dlm, PROMPTS, guidance=SMC(), config=SMALL)
 
 
+@pytest.mark.slow
 def test_cli_runs_smc_with_a_gradient_proposal_on_one_and_two_processes(cli_config, tmp_path):
     args = ["--guidance", "guidance.SMC", "--guidance.proposal", "guidance.EntRGi", "--guidance.proposal.steps", "1",
             "--guidance.beta", "0.2", "--guidance.ess_threshold", "1.0", "--diagnose", "true"]

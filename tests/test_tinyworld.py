@@ -4,10 +4,10 @@ import random
 import pytest
 import torch
 
-from entrgi_core import DenoiseConfig, MaskedLM, generate, tinyworld
+from entrgi_core import DenoiseConfig, generate, tinyworld
 from entrgi_core.tinyworld import grammar as g
 from entrgi_core.tinyworld.tokenizers import RM_LACKS, RM_SPLITS, build_dlm_tokenizer, build_rm_tokenizer
-from rewards import HFRewardModel, align_vocab
+from rewards import align_vocab
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -54,13 +54,8 @@ def test_tokenizers_differ_and_align():
     assert set(RM_LACKS) <= set(al.unmapped) and al.coverage >= 0.95
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return MaskedLM(str(tinyworld.dlm_path())), HFRewardModel(str(tinyworld.rm_path()))
-
-
-def test_quality_bars_of_the_shipped_checkpoints(shipped):
-    dlm, rm = shipped
+def test_quality_bars_of_the_shipped_checkpoints(world):
+    dlm, rm = world
     prompts = [g.prompt_for(s) for s in g.SUBJECTS[:32]]
     res = generate(dlm, prompts, config=DenoiseConfig(steps=32, max_new_tokens=32, num_samples=4, seed=7),
                    prompt_ids=[f"t{i}" for i in range(32)])

@@ -4,12 +4,14 @@
 // p = exp(z - max z) written in the GEMM dtype with scale = 1 / sum (applied to the GEMM output).
 // Backward: <p, gz>, then (1/tau) p (gz - <p, gz>) written in the logits dtype;
 // gz and grad may be the same buffer (each element is read before it is written, by one thread).
-// The two N x V x D products are cuBLAS GEMMs issued from relax.cpp.
+// The two N x V x D products are cuBLAS GEMMs issued by the shared host code (relax.cpp); this file
+// registers the CUDA versions of the ops. Non-finite logits propagate as NaN (as on the CPU).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <limits>
@@ -129,24 +131,21 @@ rows_backward_kernel(const x_t* __restrict__ x, const g_t* gz, const acc_t* __re
   }
 }
 
-}  // namespace
-
 void softmax_rows_forward_cuda(const at::Tensor& x, at::Tensor& p, at::Tensor& stats, at::Tensor& scale,
                                at::Tensor& weight, double inv_tau, double inv_tau_h, bool want_entropy) {
   const int64_t R = x.size(0), V = x.size(1);
   if (R == 0) return;
   const at::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "relax_fwd_cuda_x", [&] {
-    using x_t = scalar_t;
+  dispatch_two(x.scalar_type(), p.scalar_type(), [&](auto x_tag, auto p_tag) {
+    using x_t = decltype(x_tag);
+    using p_t = decltype(p_tag);
     using acc_t = std::conditional_t<std::is_same_v<x_t, double>, double, float>;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "relax_fwd_cuda_p", [&] {
-      rows_forward_kernel<x_t, scalar_t, acc_t><<<R, kThreads, 0, stream>>>(
-          x.data_ptr<x_t>(), p.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), weight.data_ptr<float>(), V,
-          static_cast<acc_t>(inv_tau), static_cast<acc_t>(inv_tau_h), want_entropy,
-          acc_t(1) / static_cast<acc_t>(std::log(static_cast<double>(V))));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    rows_forward_kernel<x_t, p_t, acc_t><<<R, kThreads, 0, stream>>>(
+        x.data_ptr<x_t>(), p.data_ptr<p_t>(), stats.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
+        weight.data_ptr<float>(), V, static_cast<acc_t>(inv_tau), static_cast<acc_t>(inv_tau_h), want_entropy,
+        acc_t(1) / static_cast<acc_t>(std::log(static_cast<double>(V))));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
@@ -156,16 +155,36 @@ void softmax_rows_backward_cuda(const at::Tensor& x, const at::Tensor& gz, const
   if (R == 0) return;
   const at::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "relax_bwd_cuda_x", [&] {
-    using x_t = scalar_t;
+  dispatch_two(x.scalar_type(), gz.scalar_type(), [&](auto x_tag, auto g_tag) {
+    using x_t = decltype(x_tag);
+    using g_t = decltype(g_tag);
     using acc_t = std::conditional_t<std::is_same_v<x_t, double>, double, float>;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gz.scalar_type(), "relax_bwd_cuda_g", [&] {
-      rows_backward_kernel<x_t, scalar_t, acc_t><<<R, kThreads, 0, stream>>>(
-          x.data_ptr<x_t>(), gz.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), grad.data_ptr<x_t>(), V,
-          static_cast<acc_t>(inv_tau));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    rows_backward_kernel<x_t, g_t, acc_t><<<R, kThreads, 0, stream>>>(
+        x.data_ptr<x_t>(), gz.data_ptr<g_t>(), stats.data_ptr<acc_t>(), grad.data_ptr<x_t>(), V,
+        static_cast<acc_t>(inv_tau));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relax_fwd_cuda(const at::Tensor& logits, const at::Tensor& table,
+                                                              const at::Tensor& hard_ids,
+                                                              const std::optional<at::Tensor>& gate_weight,
+                                                              double temperature, double entropy_temperature,
+                                                              int64_t chunk_rows) {
+  return relax_fwd_host(softmax_rows_forward_cuda, kCudaChunkElements, logits, table, hard_ids, gate_weight,
+                        temperature, entropy_temperature, chunk_rows);
+}
+
+at::Tensor relax_bwd_cuda(const at::Tensor& grad_embeds, const at::Tensor& logits, const at::Tensor& table,
+                          const at::Tensor& stats, double temperature, int64_t chunk_rows) {
+  return relax_bwd_host(softmax_rows_backward_cuda, kCudaChunkElements, grad_embeds, logits, table, stats,
+                        temperature, chunk_rows);
+}
+
+}  // namespace
 }  // namespace entrgi
+
+TORCH_LIBRARY_IMPL(entrgi, CUDA, m) {
+  m.impl("relax_fwd", &entrgi::relax_fwd_cuda);
+  m.impl("relax_bwd", &entrgi::relax_bwd_cuda);
+}

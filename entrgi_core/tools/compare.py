@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from entrgi_core.config import DenoiseConfig
+from entrgi_core.errors import InputError
 from entrgi_core.sampler import generate
+from entrgi_core.tools import report
+from entrgi_core.tools.report import mean_sem, pm
 
 BUDGETS = (4, 8, 16, 32, 64)
 SMC_K = (2, 4, 8, 16, 32)
@@ -108,10 +110,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
         row = {"family": family, "label": label, "k": k, "seeds": len(rs)}
         for key in ("top1", "avg", "oracle", "valid", "seconds", "forward_equivalents"):
             if key in rs[0]:
-                xs = [r[key] for r in rs]
-                mean = sum(xs) / len(xs)
-                sem = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0.0
-                row[key], row[key + "_sem"] = mean, sem
+                row[key], row[key + "_sem"] = mean_sem([r[key] for r in rs])
         rows.append(row)
     return rows
 
@@ -120,12 +119,10 @@ def table(rows: list[dict]) -> str:
     oracle = "oracle" in rows[0]
     head = ["method", "fwd-eq / prompt", "s / prompt", "Top@1 reward", "Avg@N reward"] + \
         (["oracle of Top@1", "valid Top@1"] if oracle else [])
-    pm = lambda r, k: f"{r[k]:+.3f} +- {r[k + '_sem']:.3f}" if r["seeds"] > 1 else f"{r[k]:+.3f}"  # noqa: E731
-    body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}", pm(r, "top1"), pm(r, "avg")] +
-            ([pm(r, "oracle"), f"{r['valid']:.2f}"] if oracle else []) for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+    cell = lambda r, k: pm(r[k], r[k + "_sem"] if r["seeds"] > 1 else None)  # noqa: E731
+    body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}", cell(r, "top1"), cell(r, "avg")] +
+            ([cell(r, "oracle"), f"{r['valid']:.2f}"] if oracle else []) for r in rows]
+    return report.table(head, body)
 
 
 def matched(rows: list[dict]) -> str:
@@ -137,7 +134,6 @@ def matched(rows: list[dict]) -> str:
     if not bon or not families:
         return ""
     oracle = "oracle" in rows[0]
-    head = ["budget (fwd-eq)", "Best-of-N"] + families
     body = []
     for b in bon:
         cells = [f"{b['forward_equivalents']:.0f} ({b['label']})", _cell(b, oracle)]
@@ -145,10 +141,8 @@ def matched(rows: list[dict]) -> str:
             fits = [r for r in rows if r["family"] == fam and r["forward_equivalents"] <= b["forward_equivalents"]]
             cells.append(_cell(max(fits, key=lambda r: r["top1"]), oracle) if fits else "-")
         body.append(cells)
-    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     note = "Top@1 (oracle) of each curve's best point costing at most the budget, K in brackets"
-    return "\n".join([note, fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+    return note + "\n" + report.table(["budget (fwd-eq)", "Best-of-N"] + families, body, align="left")
 
 
 def _cell(r: dict, oracle: bool) -> str:
@@ -156,34 +150,35 @@ def _cell(r: dict, oracle: bool) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    """Reward against forward-equivalents and seconds, log x axes labelled in plain numbers; one
+    colour (and marker) per curve, Best-of-N in black."""
+    import matplotlib.ticker as ticker
+    from matplotlib import colormaps
 
     panels = [("forward_equivalents", "top1", "Top@1 reward (RM)"), ("seconds", "top1", "Top@1 reward (RM)"),
               ("forward_equivalents", "avg", "Avg@N reward (RM)")]
     if "oracle" in rows[0]:
         panels.append(("forward_equivalents", "oracle", "oracle sentiment of Top@1"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4))
+    fig, axes = report.figure(len(panels))
     families = list(dict.fromkeys(r["family"] for r in rows))
+    others = [f for f in families if f != "Best-of-N"]
+    colours = colormaps["tab20"].resampled(max(len(others), 1))
+    style = {fam: dict(color=colours(i), marker="os^vD<>ph*"[i % 10], lw=1) for i, fam in enumerate(others)}
+    style["Best-of-N"] = dict(color="black", marker="o", lw=2)
     for ax, (x, y, ylabel) in zip(axes, panels):
         for fam in families:
             pts = sorted((r for r in rows if r["family"] == fam), key=lambda r: r[x])
-            ax.errorbar([r[x] for r in pts], [r[y] for r in pts], yerr=[r[y + "_sem"] for r in pts],
-                        marker="o" if fam == "Best-of-N" else ".", lw=2 if fam == "Best-of-N" else 1, capsize=2,
-                        label=fam)
+            ax.errorbar([r[x] for r in pts], [r[y] for r in pts], yerr=[r[y + "_sem"] for r in pts], capsize=2,
+                        label=fam, ms=4, **style[fam])
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("dLLM forward-equivalents per prompt" if x == "forward_equivalents" else "seconds per prompt")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].legend(fontsize=7)
+    report.save_figure(fig, path, title)
 
 
 def load(config_args: list[str]):
@@ -205,7 +200,7 @@ def load(config_args: list[str]):
         quiet.setLevel(level)
     module, dm = cli.model, cli.datamodule
     if module.reward is None:
-        raise ValueError("entrgi compare: the configuration has no reward model (--reward ...)")
+        raise InputError("entrgi compare: the configuration has no reward model (--reward ...)")
     return module.model, module.reward, dm, module.config
 
 
@@ -226,17 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = ap.parse_known_args(argv)
     for name in ("seeds", "budgets", "guided_k", "smc_k"):
         if any(v < (0 if name == "seeds" else 1) for v in getattr(args, name)):
-            raise ValueError(f"entrgi compare: --{name.replace('_', '-')} must be {'>= 0' if name == 'seeds' else '>= 1'}")
+            raise InputError(f"entrgi compare: --{name.replace('_', '-')} must be {'>= 0' if name == 'seeds' else '>= 1'}")
     if any(m < 0 for m in args.guided_m):
-        raise ValueError("entrgi compare: --guided-m must be >= 0")
+        raise InputError("entrgi compare: --guided-m must be >= 0")
     if args.prompts is not None and args.prompts < 1:
-        raise ValueError("entrgi compare: --prompts must be >= 1")
+        raise InputError("entrgi compare: --prompts must be >= 1")
     methods = default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)
     if args.only:
         methods = [m for m in methods if m.family.startswith(tuple(args.only))]
         if not methods:
             families = sorted({m.family for m in default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)})
-            raise ValueError(f"entrgi compare: --only {' '.join(args.only)} keeps no curve; the curves are: "
+            raise InputError(f"entrgi compare: --only {' '.join(args.only)} keeps no curve; the curves are: "
                              f"{', '.join(families)}")
     configs = args.config or ["configs/tiny.yaml"]
     config_args = [a for c in configs for a in ("--config", c)] + overrides
@@ -256,16 +251,5 @@ def main(argv: list[str] | None = None) -> None:
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
                           f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
     text = table(rows) + ("\n\n" + matched(rows) if matched(rows) else "")
-    write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows},
-                 lambda path: plot(rows, path, title))
-
-
-def write_report(out: Path, name: str, title: str, text: str, payload: dict, plot_to) -> None:
-    """``name``.json (title + payload), ``name``.txt (title + table) and ``name``.png; prints the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"title": title, **payload}, indent=2))
-    (out / f"{name}.txt").write_text(title + "\n" + text + "\n")
-    plot_to(out / f"{name}.png")
-    print(title)
-    print(text)
-    print(f"\nwritten: {out}/{name}.json, {name}.txt, {name}.png")
+    report.write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows},
+                        lambda path: plot(rows, path, title))

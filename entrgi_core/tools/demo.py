@@ -4,7 +4,7 @@ Runs trainer.predict over the 32 built-in subject prompts (K=4 samples each) for
 (no guidance), Expectation, APS (straight-through) and EntRGi, prints one table, and writes the
 predictions and a plot to outputs/demo/.
 
-    python -m entrgi_core.demo [--out outputs/demo] [--seed 0]
+    python -m entrgi_core.tools.demo [--out outputs/demo] [--seed 0]
 """
 from __future__ import annotations
 
@@ -18,25 +18,20 @@ import torch
 from entrgi_core import tinyworld
 from entrgi_core.models import MaskedLM
 from entrgi_core.tinyworld.evaluate import demo_config, run_methods
+from entrgi_core.tools import report
+from entrgi_core.tools.report import pm
 from rewards import HFRewardModel
 
 
 def table(results) -> str:
     head = ["method", "Top@1 reward", "Avg@N reward", "oracle of Top@1", "valid % (all / Top@1)", "seconds"]
-    rows = [[r.method, f"{r.top1_reward:+.3f}", f"{r.avg_reward:+.3f}", f"{r.top1_oracle:+.3f}",
+    rows = [[r.method, pm(r.top1_reward), pm(r.avg_reward), pm(r.top1_oracle),
              f"{100 * r.valid:.0f} / {100 * r.top1_valid:.0f}", f"{r.seconds:.1f}"] for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    return report.table(head, rows)
 
 
 def plot(results, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = report.figure(2, width=5.5, height=4)
     names = [r.method for r in results]
     x = range(len(results))
     left.bar([i - 0.2 for i in x], [r.top1_reward for r in results], width=0.4, label="Top@1 reward (RM)")
@@ -54,9 +49,7 @@ def plot(results, path: Path) -> None:
     right.set_ylim(-0.05, 1.05)
     right.set_title("EntRGi's entropy weight by step (APS = 1, Expectation = 0)")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
@@ -90,8 +83,8 @@ def main(argv=None) -> None:
 
 def small_frontier(dlm, rm, out: Path, seed: int, prompts: int = 8) -> None:
     """A small version of `entrgi compare`: reward against compute, Best-of-N as the baseline."""
-    from entrgi_core.compare import aggregate, default_methods, plot, run_point
-    from entrgi_core.compare import table as frontier_table
+    from entrgi_core.tools.compare import aggregate, default_methods, plot, run_point
+    from entrgi_core.tools.compare import table as frontier_table
     from entrgi_core.data import PromptDataModule
 
     items = PromptDataModule(path=str(tinyworld.PROMPTS), id_field="id").items[:prompts]

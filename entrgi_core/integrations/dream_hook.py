@@ -18,37 +18,38 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from guidance.canvas import CanvasGuide
+from entrgi_core import checks
+from entrgi_core.integrations.canvas import CanvasGuide
+from entrgi_core.errors import InputError
 
 
 class DreamGuidanceHook(CanvasGuide):
-    """Dream's ``generation_logits_hook_func``. See ``guidance.canvas.CanvasGuide`` for the
-    arguments; in addition ``mask_id`` (default: the tokenizer's mask token) and ``steps`` (the
-    ``steps`` given to ``diffusion_generate``, for strategies guiding only part of the steps;
-    default: all steps are treated alike)."""
+    """Dream's ``generation_logits_hook_func``. See ``entrgi_core.integrations.canvas.CanvasGuide``
+    for the arguments (give ``generation_config=model.generation_config`` and the hook ends
+    responses exactly where ``DreamLM`` does); in addition ``mask_id`` (default: the tokenizer's mask
+    token) and ``steps`` (the ``steps`` given to ``diffusion_generate``, for strategies guiding only
+    part of the steps; default: all steps are treated alike)."""
 
     who = "DreamGuidanceHook"
 
     def __init__(self, reward, strategy, *, tokenizer, prompts, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int = 0, stop_ids: list[int] | None = None, mask_id: int | None = None,
+                 seed: int = 0, generation_config=None, stop_ids: list[int] | None = None, mask_id: int | None = None,
                  steps: int | None = None):
         mask_id = getattr(tokenizer, "mask_token_id", None) if mask_id is None else mask_id
         if mask_id is None:
-            raise ValueError(f"{self.who}: the tokenizer has no mask token; pass mask_id=...")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"{self.who}: steps must be None or an integer >= 1, got {steps!r}")
+            raise InputError(f"{self.who}: the tokenizer has no mask token; pass mask_id=...")
+        steps = checks.integer(steps, who=self.who, name="steps", minimum=1, optional=True)
         if steps is None and (getattr(strategy, "start", 0.0) > 0 or getattr(strategy, "stop", 1.0) < 1):
-            raise ValueError(f"{self.who}: {type(strategy).__name__} guides only the steps with start <= step / T < "
+            raise InputError(f"{self.who}: {type(strategy).__name__} guides only the steps with start <= step / T < "
                              "stop; give the hook diffusion_generate's steps (steps=T) so it knows T")
         super().__init__(reward, strategy, tokenizer=tokenizer, prompts=prompts, temperature=temperature, top_p=top_p,
-                         seed=seed, stop_ids=stop_ids)
-        self.stop_list = [t for t in self.stop_list if t != int(mask_id)]   # a masked position never ends a response
+                         seed=seed, generation_config=generation_config, stop_ids=stop_ids, mask_id=int(mask_id))
         self.mask_id, self.steps = int(mask_id), steps
         self.prompt_length = None
 
     def __call__(self, step: int, x: Tensor, logits: Tensor) -> Tensor:
         if logits is None or logits.dim() != 3 or x.shape != logits.shape[:2]:
-            raise ValueError(f"{self.who}: expected x (B, S) and logits (B, S, V) from Dream's diffusion_generate, "
+            raise InputError(f"{self.who}: expected x (B, S) and logits (B, S, V) from Dream's diffusion_generate, "
                              f"got {None if x is None else tuple(x.shape)} and "
                              f"{None if logits is None else tuple(logits.shape)}")
         masked = x == self.mask_id                                     # (B, S)

@@ -29,8 +29,11 @@ from torch import Tensor
 
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep
+from entrgi_core.errors import InputError
 from entrgi_core.ops import relax_embeddings
 from entrgi_core.sampler import generate
+from entrgi_core.tools import report
+from entrgi_core.tools.report import mean_sem, pm
 
 BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0001)
 GATES = ("soft", "ste", "entropy")
@@ -55,12 +58,9 @@ def _one_position(step: GuidanceStep, prompt: str, tokens: Tensor, col: int) -> 
     """A step for ``prompt`` whose canvas (n, L) has only column ``col`` masked, on every row."""
     n = tokens.shape[0]
     rows = torch.arange(n, device=tokens.device)
-    return GuidanceStep(index=step.index, total=step.total, reward=step.reward,
-                        context=step.reward.prepare([prompt] * n), vocab=step.vocab, tokens=tokens, rows=rows,
-                        cols=torch.full_like(rows, col), stop_ids=step.stop_ids,
-                        keys=torch.zeros(n, dtype=torch.long, device=tokens.device), samples=n,
-                        temperature=step.temperature,
-                        top_p=step.top_p, top_k=step.top_k)
+    return replace(step, side=step.side.for_prompts([prompt] * n), tokens=tokens, rows=rows,
+                   cols=torch.full_like(rows, col), keys=torch.zeros(n, dtype=torch.long, device=tokens.device),
+                   samples=n, diagnose=False)
 
 
 def _rewards_of_tokens(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, ids: Tensor,
@@ -148,32 +148,22 @@ def summarize_bins(points: list[dict]) -> list[dict]:
         pts = [p for p in points if lo <= p["entropy"] < hi]
         row = {"bin": f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}", "positions": len(pts)}
         for key in ("gap", *(f"cos_{g}" for g in GATES)):
-            xs = [p[key] for p in pts if p[key] is not None]
-            mean = sum(xs) / len(xs) if xs else float("nan")
-            sem = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0.0
-            row[key], row[key + "_sem"] = mean, sem
+            row[key], row[key + "_sem"] = mean_sem([p[key] for p in pts if p[key] is not None])
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     head = ["entropy bin", "positions", "gap soft - E[hard]", "cos soft", "cos straight-through", "cos entropy"]
-    pm = lambda r, k: "-" if math.isnan(r[k]) else f"{r[k]:+.3f} +- {r[k + '_sem']:.3f}"  # noqa: E731
-    body = [[r["bin"], str(r["positions"]), pm(r, "gap")] + [pm(r, f"cos_{g}") for g in GATES] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+    body = [[r["bin"], str(r["positions"])] + [pm(r[k], r[k + "_sem"]) for k in ("gap", *(f"cos_{g}" for g in GATES))]
+            for r in rows]
+    return report.table(head, body)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in rows if r["positions"]]
     x = range(len(rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = report.figure(2, width=5.5, height=4)
     left.errorbar(x, [r["gap"] for r in rows], yerr=[r["gap_sem"] for r in rows], marker="o", capsize=3)
     left.axhline(0, color="grey", lw=0.5)
     left.set_ylabel("R(soft) - E[R(hard)]")
@@ -187,14 +177,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     for ax in (left, right):
         ax.set_xticks(list(x), [r["bin"] for r in rows])
         ax.set_xlabel("normalised entropy of the position")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path, title)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from entrgi_core.compare import load, write_report
+    from entrgi_core.tools.compare import load
 
     ap = argparse.ArgumentParser(prog="entrgi diagnose", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = ap.parse_known_args(argv)
     for name in ("prompts", "positions", "samples", "draws"):
         if getattr(args, name) < 1:
-            raise ValueError(f"entrgi diagnose: --{name} must be >= 1")
+            raise InputError(f"entrgi diagnose: --{name} must be >= 1")
     configs = args.config or ["configs/tiny.yaml"]
     model, reward, dm, base = load([a for c in configs for a in ("--config", c)] + overrides)
     prompts = [it["prompt"] for it in dm.items[: args.prompts]]
@@ -217,5 +204,5 @@ def main(argv: list[str] | None = None) -> None:
                       draws=args.draws, seed=args.seed)
     rows = summarize_bins(points)
     title = args.title or f"{getattr(reward, 'name', '')} on {getattr(model, 'name', '')}: {len(points)} positions"
-    write_report(args.out, "diagnose", title, table(rows), {"points": points, "rows": rows},
-                 lambda path: plot(rows, path, title))
+    report.write_report(args.out, "diagnose", title, table(rows), {"points": points, "rows": rows},
+                        lambda path: plot(rows, path, title))

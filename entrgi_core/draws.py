@@ -1,4 +1,4 @@
-"""Token sampling and commit confidences over (N, V) logits, in row chunks.
+"""Token draws and commit confidences over (N, V) logits, in row chunks.
 
 Randomness comes in as one uniform per row (``u``), so the draw is inverse-CDF sampling of the
 (top-p / top-k filtered) distribution: batch-invariant and device-invariant by construction.

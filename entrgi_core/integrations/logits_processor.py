@@ -23,12 +23,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidance.canvas import CanvasGuide
+from entrgi_core.integrations.canvas import CanvasGuide
+from entrgi_core.errors import InputError
 
 
 class GuidanceLogitsProcessor(CanvasGuide):
     """A ``transformers`` logits processor that refines DiffusionGemma's canvas logits with a
-    guidance strategy. See ``guidance.canvas.CanvasGuide`` for the arguments; in addition:
+    guidance strategy. See ``entrgi_core.integrations.canvas.CanvasGuide`` for the arguments; in addition:
 
         temperature: the temperature DiffusionGemma samples at, a number, or ``(t_min, t_max)`` to
             follow its linear schedule ``t_min + (t_max - t_min) * cur_step / max_denoising_steps``
@@ -38,16 +39,16 @@ class GuidanceLogitsProcessor(CanvasGuide):
     who = "GuidanceLogitsProcessor"
 
     def __init__(self, reward, strategy, *, tokenizer, prompts, temperature: float | tuple = 1.0, top_p: float = 1.0,
-                 seed: int = 0, stop_ids: list[int] | None = None):
+                 seed: int = 0, generation_config=None, stop_ids: list[int] | None = None):
         schedule = None
         if isinstance(temperature, (tuple, list)):
             if len(temperature) != 2 or not all(isinstance(t, (int, float)) and t > 0 for t in temperature):
-                raise ValueError(f"{self.who}: temperature must be a number > 0 or a pair (t_min, t_max) > 0, "
+                raise InputError(f"{self.who}: temperature must be a number > 0 or a pair (t_min, t_max) > 0, "
                                  f"got {temperature!r}")
             schedule = (float(temperature[0]), float(temperature[1]))
             temperature = max(schedule)
         super().__init__(reward, strategy, tokenizer=tokenizer, prompts=prompts, temperature=temperature, top_p=top_p,
-                         seed=seed, stop_ids=stop_ids)
+                         seed=seed, generation_config=generation_config, stop_ids=stop_ids)
         self.schedule = schedule
         self.reset()
 
@@ -59,18 +60,18 @@ class GuidanceLogitsProcessor(CanvasGuide):
 
     def __call__(self, input_ids: Tensor, scores: Tensor, cur_step: Tensor | int | None = None) -> Tensor:
         if scores.dim() != 3:
-            raise ValueError(f"{self.who} guides diffusion canvases: scores must be (batch, canvas, vocab), got "
+            raise InputError(f"{self.who} guides diffusion canvases: scores must be (batch, canvas, vocab), got "
                              f"shape {tuple(scores.shape)}. It works with DiffusionGemmaForBlockDiffusion.generate, "
                              "not with autoregressive generate()")
         if cur_step is None:
-            raise ValueError(f"{self.who}: cur_step was not given; it is called by DiffusionGemma's generate()")
+            raise InputError(f"{self.who}: cur_step was not given; it is called by DiffusionGemma's generate()")
         b, c, v = scores.shape
         width = input_ids.shape[1]
         if self.prompt_length is None:
             self.prompt_length = width
         done = width - self.prompt_length
         if done < 0 or done % c:
-            raise ValueError(f"{self.who}: this processor saw a prompt of {self.prompt_length} tokens and now "
+            raise InputError(f"{self.who}: this processor saw a prompt of {self.prompt_length} tokens and now "
                              f"{width}: create one processor per generate() call (or call reset())")
         step = int(cur_step)
         if self.block_start != width:                       # the first step of a new canvas

@@ -1,0 +1,25 @@
+"""The two error types entrgi raises on purpose.
+
+``InputError``: bad input, found by a check that runs before any model compute (a setting out of
+range, an empty prompt, a prompt over the position limit, an output directory of another run).
+The ``entrgi`` CLI prints these in one line; everything else keeps its traceback.
+``NonFiniteLogitsError``: a model or a guidance update produced NaN or infinite logits; the same
+type on every backend (the compiled op never raises for non-finite values itself, CPU or CUDA).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class InputError(ValueError):
+    """Bad input, refused before any model compute; nothing was run or written."""
+
+
+class NonFiniteLogitsError(FloatingPointError):
+    """Logits holding NaN or +-inf where a distribution is needed."""
+
+
+def require_finite(logits: torch.Tensor, what: str) -> None:
+    """Raise ``NonFiniteLogitsError`` naming ``what`` unless every logit is finite (one host sync)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogitsError(f"{what}: non-finite logits (NaN or +-inf)")

@@ -1,0 +1,113 @@
+"""The checks of a generation, with one owner.
+
+``Plan.check(model, reward, guidance, config)`` runs every check that depends on the settings
+once, before any model compute: the reward model is there when the strategy reads it, the
+strategy can work with the sampler's settings, the model can honour them (``model.check``), and
+the vocabulary alignment covers the dLLM's tokens. ``plan.batch(prompts, ids)`` checks what
+depends on the prompts (strings, not empty, within both models' position limits) and encodes
+them. ``generate`` does both; ``GuidedDenoiser`` checks its plan once on construction and its
+data module's prompts once in ``setup``, so no check runs again per batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from entrgi_core.config import DenoiseConfig
+from entrgi_core.errors import InputError
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: object                 # a DiffusionModel
+    reward: object | None         # a RewardAdapter (None: nothing is scored)
+    guidance: object | None       # a Guidance strategy (None: unguided)
+    config: DenoiseConfig
+    vocab: object | None          # AlignedVocab of the dLLM's tokens when the strategy reads the reward model
+
+    @property
+    def guided(self) -> bool:
+        """Whether the strategy reads the reward model during sampling."""
+        return self.guidance is not None and self.guidance.needs_reward
+
+    @classmethod
+    def check(cls, model, reward=None, guidance=None, config: DenoiseConfig | None = None) -> "Plan":
+        cfg = config if config is not None else DenoiseConfig()
+        if not isinstance(cfg, DenoiseConfig):
+            raise InputError(f"config must be a DenoiseConfig, got {type(cfg).__name__}")
+        guided = guidance is not None and guidance.needs_reward
+        if guided and reward is None:
+            raise InputError(f"{type(guidance).__name__} needs a reward model (reward=None)")
+        if guided:
+            guidance.check(cfg.temperature, cfg.top_p)
+        model.check(cfg, guidance)
+        vocab = reward.aligned(model.tokenizer, model.vocab_size) if guided else None
+        return cls(model=model, reward=reward, guidance=guidance, config=cfg, vocab=vocab)
+
+    def batch(self, prompts, prompt_ids: list | None = None, *, check_lengths: bool = True) -> "Batch":
+        """The prompts checked and encoded; ``prompt_ids`` default to their positions."""
+        prompts = check_prompts(prompts)
+        ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+        if len(ids) != len(prompts):
+            raise InputError(f"generate: {len(ids)} prompt ids for {len(prompts)} prompts")
+        encoded = self.model.encode_prompts(prompts)
+        if check_lengths:
+            self.check_lengths(prompts, ids, encoded)
+        return Batch(prompts, ids, encoded)
+
+    def check_lengths(self, prompts: list[str], ids: list, encoded: list[list[int]]) -> None:
+        check_prompt_lengths(self.model, encoded, ids, self.config.max_new_tokens,
+                             reward=self.reward, prompts=prompts,
+                             max_pieces=self.vocab.max_pieces if self.vocab is not None else 1)
+
+
+@dataclass(frozen=True)
+class Batch:
+    prompts: list[str]
+    prompt_ids: list
+    encoded: list[list[int]]      # the dLLM's token ids of each prompt (chat template applied)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise InputError(f"generate: prompts must be a list of strings, got {type(prompts).__name__}")
+    if not prompts:
+        raise InputError("generate: the prompt list is empty")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"generate: prompt {i} is not a string ({type(p).__name__}: {p!r})")
+        if not p.strip():
+            raise InputError(f"generate: prompt {i} is empty")
+    return list(prompts)
+
+
+def check_prompt_lengths(model, encoded: list[list[int]], prompt_ids: list, max_new_tokens: int, *,
+                         reward=None, prompts: list[str] | None = None, max_pieces: int = 1) -> None:
+    """Refuse, before any model compute, prompts whose encoded length plus the response exceeds the
+    dLLM's position limit, or whose reward-model input (chat template + response of up to
+    ``max_new_tokens * max_pieces`` RM tokens) exceeds the reward model's."""
+    problems = []
+    limit = getattr(model, "max_positions", None)
+    if limit is not None:
+        over = [pid for pid, e in zip(prompt_ids, encoded) if len(e) + max_new_tokens > limit]
+        if over:
+            problems.append(f"the diffusion LM allows {limit} positions, and prompt tokens + max_new_tokens "
+                            f"({max_new_tokens}) exceed it for {len(over)} prompt(s): ids {_ids(over)}")
+    rm_limit = getattr(reward, "max_positions", None) if reward is not None else None
+    if rm_limit is not None and prompts is not None:
+        need = [(pid, reward.template_length(p) + max_new_tokens * max_pieces) for pid, p in zip(prompt_ids, prompts)]
+        over = [pid for pid, n in need if n > rm_limit]
+        if over:
+            problems.append(f"the reward model allows {rm_limit} positions, and its chat template + a response of "
+                            f"up to {max_new_tokens * max_pieces} tokens exceed it for {len(over)} prompt(s): "
+                            f"ids {_ids(over)}")
+    if problems:
+        raise InputError("prompts too long: " + "; ".join(problems) + ". Shorten or remove them, or lower "
+                         "max_new_tokens; nothing was run.")
+
+
+def _ids(ids: list, most: int = 10) -> str:
+    shown = ", ".join(repr(i) for i in ids[:most])
+    return shown + (f", ... ({len(ids) - most} more)" if len(ids) > most else "")
