@@ -156,21 +156,6 @@ at::Tensor relax_bwd_host(RowsBackward rows_backward, int64_t chunk_elements, co
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relax_fwd_cpu(const at::Tensor& logits, const at::Tensor& table,
-                                                             const at::Tensor& hard_ids,
-                                                             const std::optional<at::Tensor>& gate_weight,
-                                                             double temperature, double entropy_temperature,
-                                                             int64_t chunk_rows) {
-  return relax_fwd_host(softmax_rows_forward_cpu, kCpuChunkElements, logits, table, hard_ids, gate_weight,
-                        temperature, entropy_temperature, chunk_rows);
-}
-
-at::Tensor relax_bwd_cpu(const at::Tensor& grad_embeds, const at::Tensor& logits, const at::Tensor& table,
-                         const at::Tensor& stats, double temperature, int64_t chunk_rows) {
-  return relax_bwd_host(softmax_rows_backward_cpu, kCpuChunkElements, grad_embeds, logits, table, stats,
-                        temperature, chunk_rows);
-}
-
 #ifndef ENTRGI_VERSION
 #define ENTRGI_VERSION "unknown"
 #endif
@@ -203,8 +188,8 @@ TORCH_LIBRARY(entrgi, m) {
 }
 
 TORCH_LIBRARY_IMPL(entrgi, CPU, m) {
-  m.impl("relax_fwd", &entrgi::relax_fwd_cpu);
-  m.impl("relax_bwd", &entrgi::relax_bwd_cpu);
+  m.impl("relax_fwd", &entrgi::relax_fwd_on<entrgi::softmax_rows_forward_cpu, entrgi::kCpuChunkElements>);
+  m.impl("relax_bwd", &entrgi::relax_bwd_on<entrgi::softmax_rows_backward_cpu, entrgi::kCpuChunkElements>);
 }
 
 // An empty Python module: importing entrgi_core._C loads this library, whose static initialisers

@@ -55,6 +55,24 @@ at::Tensor relax_bwd_host(RowsBackward rows_backward, int64_t chunk_elements, co
                           const at::Tensor& logits, const at::Tensor& table, const at::Tensor& stats,
                           double temperature, int64_t chunk_rows);
 
+// The op on one device: the shared host body around that device's row kernels (registered for CPU in
+// relax.cpp, for CUDA in cuda/relax_cuda.cu).
+template <RowsForward rows_forward, int64_t chunk_elements>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relax_fwd_on(const at::Tensor& logits, const at::Tensor& table,
+                                                            const at::Tensor& hard_ids,
+                                                            const std::optional<at::Tensor>& gate_weight,
+                                                            double temperature, double entropy_temperature,
+                                                            int64_t chunk_rows) {
+  return relax_fwd_host(rows_forward, chunk_elements, logits, table, hard_ids, gate_weight, temperature,
+                        entropy_temperature, chunk_rows);
+}
+
+template <RowsBackward rows_backward, int64_t chunk_elements>
+at::Tensor relax_bwd_on(const at::Tensor& grad_embeds, const at::Tensor& logits, const at::Tensor& table,
+                        const at::Tensor& stats, double temperature, int64_t chunk_rows) {
+  return relax_bwd_host(rows_backward, chunk_elements, grad_embeds, logits, table, stats, temperature, chunk_rows);
+}
+
 // fn(x_tag, y_tag) with x_tag / y_tag value-initialised scalars of dtypes a and b (float, double,
 // half or bfloat16): one place for the two-dtype dispatch of every row kernel.
 template <typename F>

@@ -90,11 +90,30 @@ class Sampling:
     top_k: int | None = None
 
 
+class Relaxation(NamedTuple):
+    """How a strategy relaxes masked positions for the reward model (``ops.relax_embeddings``)."""
+
+    gate: str                     # "entropy" (EntRGi), "ste" (APS) or "soft" (Expectation)
+    temperature: float            # tau of q = softmax(phi / tau) and of the hard samples
+    top_p: float                  # nucleus of the hard samples
+    entropy_temperature: float    # tau_H of the entropy gate
+
+
+def default_relaxation(step: "GuidanceStep") -> Relaxation:
+    """EntRGi's gate at the loop's own sampling settings (tau_H = 1)."""
+    return Relaxation("entropy", step.temperature, step.top_p, 1.0)
+
+
 class Reading(NamedTuple):
     """One reward-model forward over R rows: their rewards and the tokens each read."""
 
     rewards: Tensor       # (R,)
     tokens: Tensor        # (R,) int64 reward-model tokens of each row's input
+
+
+def _field(owner: str, name: str, doc: str | None = None) -> property:
+    """A read-only attribute of the step that is ``step.<owner>.<name>``."""
+    return property(lambda self: getattr(getattr(self, owner), name), doc=doc or f"``{owner}.{name}``")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,44 +132,23 @@ class GuidanceStep:
     sampling: Sampling            # the loop's own temperature, top-p and top-k (one source of truth)
     diagnose: bool = False        # also report diagnostics that cost compute (reward after)
 
-    # --- the reward side and the sampling settings, by name
+    # --- the reward side's and the sampling settings' fields, by name
     @property
     def reward(self):
         return self.side.reward if self.side is not None else None
 
-    @property
-    def context(self):
-        return self.side.context
-
-    @property
-    def vocab(self) -> AlignedVocab:
-        return self.side.vocab
+    context = _field("side", "context")
+    vocab = _field("side", "vocab", "AlignedVocab: the generating model's tokens as reward-model inputs")
+    stop_ids = _field("side", "stop_ids", "(S,) ids that end a response")
+    work = _field("side", "work", "the generation's RewardWork counters")
+    temperature = _field("sampling", "temperature")
+    top_p = _field("sampling", "top_p")
+    top_k = _field("sampling", "top_k")
 
     @property
     def table(self) -> Tensor:
         """(V, D) stand-in embeddings of the relaxation."""
         return self.side.vocab.table
-
-    @property
-    def stop_ids(self) -> Tensor:
-        return self.side.stop_ids
-
-    @property
-    def work(self):
-        """The generation's ``RewardWork`` counters."""
-        return self.side.work
-
-    @property
-    def temperature(self) -> float:
-        return self.sampling.temperature
-
-    @property
-    def top_p(self) -> float:
-        return self.sampling.top_p
-
-    @property
-    def top_k(self) -> int | None:
-        return self.sampling.top_k
 
     # --- random draws
     @cached_property
@@ -243,6 +241,16 @@ class Guidance(nn.Module, abc.ABC):
     def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
         """Whether ``refine`` runs at ``step`` on the masked positions' logits ``phi`` (N, V)."""
         return self.needs_reward and phi.shape[0] > 0 and self.active(step.index, step.total)
+
+    @property
+    def uses_total(self) -> bool:
+        """Whether ``active`` depends on the total number of steps (a loop that cannot say how many
+        steps it takes must then be told)."""
+        return False
+
+    def relaxation(self, step: GuidanceStep) -> Relaxation:
+        """How this strategy's reward model reads a masked position (default: EntRGi's gate)."""
+        return default_relaxation(step)
 
     def check(self, temperature: float, top_p: float) -> None:
         """Called once before sampling with the sampler's settings: raise if they cannot work."""

@@ -223,17 +223,9 @@ def _shape(x) -> str:
 # ----------------------------------------------------------------------------- public API
 
 
-def relax_embeddings(
-    logits: Tensor,
-    table: Tensor,
-    hard_ids: Tensor,
-    *,
-    gate: str | Tensor = "entropy",
-    temperature: float = 1.0,
-    entropy_temperature: float = 1.0,
-    chunk_rows: int = 0,
-    validate: bool = True,
-) -> RelaxOutput:
+def relax_embeddings(logits: Tensor, table: Tensor, hard_ids: Tensor, *, gate: str | Tensor = "entropy",
+                     temperature: float = 1.0, entropy_temperature: float = 1.0, chunk_rows: int = 0,
+                     validate: bool = True) -> RelaxOutput:
     """Gated relaxation of ``logits`` (N, V) into embeddings (N, D) of ``table`` (V, D).
 
     ``hard_ids`` (N,) are the sampled tokens for the hard branch. ``gate`` is "entropy"
@@ -267,17 +259,9 @@ def relax_embeddings(
     return RelaxOutput(embeds, weight)
 
 
-def relax_embeddings_reference(
-    logits: Tensor,
-    table: Tensor,
-    hard_ids: Tensor,
-    *,
-    gate: str | Tensor = "entropy",
-    temperature: float = 1.0,
-    entropy_temperature: float = 1.0,
-    chunk_rows: int = 0,
-    validate: bool = True,
-) -> RelaxOutput:
+def relax_embeddings_reference(logits: Tensor, table: Tensor, hard_ids: Tensor, *, gate: str | Tensor = "entropy",
+                               temperature: float = 1.0, entropy_temperature: float = 1.0, chunk_rows: int = 0,
+                               validate: bool = True) -> RelaxOutput:
     """Pure-PyTorch specification of :func:`relax_embeddings` (same signature; ``chunk_rows`` is
     accepted and ignored). Keeps the (N, V) softmax for autograd."""
     _check(logits, table, hard_ids, gate, temperature, entropy_temperature, validate)

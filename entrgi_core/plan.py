@@ -89,7 +89,7 @@ def check_prompt_lengths(model, encoded: list[list[int]], prompt_ids: list, max_
     dLLM's position limit, or whose reward-model input (chat template + response of up to
     ``max_new_tokens * max_pieces`` RM tokens) exceeds the reward model's."""
     problems = []
-    limit = getattr(model, "max_positions", None)
+    limit = model.max_positions
     if limit is not None:
         over = [pid for pid, e in zip(prompt_ids, encoded) if len(e) + max_new_tokens > limit]
         if over:

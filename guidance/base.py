@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from entrgi_core import checks
-from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, Reading
+from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, Reading, Relaxation
 from entrgi_core.draws import neg_entropy
 from entrgi_core.errors import InputError
 from entrgi_core.ops import relax_embeddings
@@ -79,6 +79,14 @@ class GatedGuidance(Guidance):
     def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
         return super().guides(step, phi) and self.entropy_ok(phi)
 
+    @property
+    def uses_total(self) -> bool:
+        return self.start > 0 or self.stop < 1
+
+    def relaxation(self, step: GuidanceStep) -> Relaxation:
+        tau, top_p = self.sampling(step.temperature, step.top_p)
+        return Relaxation(self.gate, tau, top_p, self.entropy_temperature)
+
     def entropy_ok(self, phi: Tensor) -> bool:
         """Whether the mean normalised entropy of ``phi`` (N, V) reaches ``min_entropy``."""
         if self.min_entropy <= 0:
@@ -112,10 +120,10 @@ class GatedGuidance(Guidance):
     def relaxed_reading(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Reading, Tensor]:
         """The reward-model reading (rewards (R,), tokens) of the input relaxed from ``phi`` (N, V)
         with inner step ``inner``'s hard sample, and the gate weights (N,)."""
-        tau, top_p = self.sampling(step.temperature, step.top_p)
-        hard = step.hard_tokens(phi, inner, temperature=tau, top_p=top_p)
-        out = relax_embeddings(phi, step.table, hard, gate=self.gate, temperature=tau,
-                               entropy_temperature=self.entropy_temperature, validate=False)
+        rel = self.relaxation(step)
+        hard = step.hard_tokens(phi, inner, temperature=rel.temperature, top_p=rel.top_p)
+        out = relax_embeddings(phi, step.table, hard, gate=rel.gate, temperature=rel.temperature,
+                               entropy_temperature=rel.entropy_temperature, validate=False)
         return step.read(out.embeds, phi), out.weight
 
     def relaxed_reward(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from entrgi_core import checks, rng
-from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, StepUpdate
+from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, StepUpdate, default_relaxation
 from entrgi_core.draws import token_log_probs
 from entrgi_core.errors import InputError
 from entrgi_core.ops import relax_embeddings
@@ -110,6 +110,10 @@ class SMC(Guidance):
 
     def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
         return self.proposal is not None and self.proposal.guides(step, phi)
+
+    @property
+    def uses_total(self) -> bool:
+        return self.proposal is not None and self.proposal.uses_total
 
     def check(self, temperature: float, top_p: float) -> None:
         if not temperature > 0:
@@ -192,15 +196,10 @@ class SMC(Guidance):
                 done = replace(step, tokens=tokens, rows=none, cols=none)
                 return done.score(phi.new_zeros(0, step.table.shape[1]), phi[:0])
             after = replace(step, tokens=update.tokens, rows=rows, cols=cols)
-            gate = getattr(self.proposal, "gate", "entropy")
-            if hasattr(self.proposal, "sampling"):
-                tau, top_p = self.proposal.sampling(step.temperature, step.top_p)
-                tau_h = self.proposal.entropy_temperature
-            else:
-                tau, top_p, tau_h = step.temperature, step.top_p, 1.0
-            hard = after.hard_tokens(phi, -1, temperature=tau, top_p=top_p)
-            out = relax_embeddings(phi, step.table, hard, gate=gate, temperature=tau, entropy_temperature=tau_h,
-                                   validate=False)
+            rel = self.proposal.relaxation(step) if self.proposal is not None else default_relaxation(step)
+            hard = after.hard_tokens(phi, -1, temperature=rel.temperature, top_p=rel.top_p)
+            out = relax_embeddings(phi, step.table, hard, gate=rel.gate, temperature=rel.temperature,
+                                   entropy_temperature=rel.entropy_temperature, validate=False)
             return after.score(out.embeds, phi)
 
     def report(self, state: Particles) -> dict[str, list]:

@@ -131,60 +131,50 @@ rows_backward_kernel(const x_t* __restrict__ x, const g_t* gz, const acc_t* __re
   }
 }
 
-void softmax_rows_forward_cuda(const at::Tensor& x, at::Tensor& p, at::Tensor& stats, at::Tensor& scale,
-                               at::Tensor& weight, double inv_tau, double inv_tau_h, bool want_entropy) {
-  const int64_t R = x.size(0), V = x.size(1);
-  if (R == 0) return;
+// Launches launch(x_tag, y_tag, rows, V, stream) on x's device and current stream, dispatched on the
+// dtypes of x and y: the common frame of every row kernel's launch.
+template <typename F>
+void on_rows(const at::Tensor& x, const at::Tensor& y, F&& launch) {
+  if (x.size(0) == 0) return;
   const at::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_two(x.scalar_type(), p.scalar_type(), [&](auto x_tag, auto p_tag) {
+  dispatch_two(x.scalar_type(), y.scalar_type(), [&](auto x_tag, auto y_tag) {
+    launch(x_tag, y_tag, x.size(0), x.size(1), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename x_t>
+using acc_of = std::conditional_t<std::is_same_v<x_t, double>, double, float>;
+
+void softmax_rows_forward_cuda(const at::Tensor& x, at::Tensor& p, at::Tensor& stats, at::Tensor& scale,
+                               at::Tensor& weight, double inv_tau, double inv_tau_h, bool want_entropy) {
+  on_rows(x, p, [&](auto x_tag, auto p_tag, int64_t R, int64_t V, cudaStream_t stream) {
     using x_t = decltype(x_tag);
     using p_t = decltype(p_tag);
-    using acc_t = std::conditional_t<std::is_same_v<x_t, double>, double, float>;
+    using acc_t = acc_of<x_t>;
     rows_forward_kernel<x_t, p_t, acc_t><<<R, kThreads, 0, stream>>>(
         x.data_ptr<x_t>(), p.data_ptr<p_t>(), stats.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
         weight.data_ptr<float>(), V, static_cast<acc_t>(inv_tau), static_cast<acc_t>(inv_tau_h), want_entropy,
         acc_t(1) / static_cast<acc_t>(std::log(static_cast<double>(V))));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void softmax_rows_backward_cuda(const at::Tensor& x, const at::Tensor& gz, const at::Tensor& stats, at::Tensor& grad,
                                 double inv_tau) {
-  const int64_t R = x.size(0), V = x.size(1);
-  if (R == 0) return;
-  const at::cuda::CUDAGuard guard(x.device());
-  auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_two(x.scalar_type(), gz.scalar_type(), [&](auto x_tag, auto g_tag) {
+  on_rows(x, gz, [&](auto x_tag, auto g_tag, int64_t R, int64_t V, cudaStream_t stream) {
     using x_t = decltype(x_tag);
-    using g_t = decltype(g_tag);
-    using acc_t = std::conditional_t<std::is_same_v<x_t, double>, double, float>;
-    rows_backward_kernel<x_t, g_t, acc_t><<<R, kThreads, 0, stream>>>(
-        x.data_ptr<x_t>(), gz.data_ptr<g_t>(), stats.data_ptr<acc_t>(), grad.data_ptr<x_t>(), V,
+    using acc_t = acc_of<x_t>;
+    rows_backward_kernel<x_t, decltype(g_tag), acc_t><<<R, kThreads, 0, stream>>>(
+        x.data_ptr<x_t>(), gz.data_ptr<decltype(g_tag)>(), stats.data_ptr<acc_t>(), grad.data_ptr<x_t>(), V,
         static_cast<acc_t>(inv_tau));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relax_fwd_cuda(const at::Tensor& logits, const at::Tensor& table,
-                                                              const at::Tensor& hard_ids,
-                                                              const std::optional<at::Tensor>& gate_weight,
-                                                              double temperature, double entropy_temperature,
-                                                              int64_t chunk_rows) {
-  return relax_fwd_host(softmax_rows_forward_cuda, kCudaChunkElements, logits, table, hard_ids, gate_weight,
-                        temperature, entropy_temperature, chunk_rows);
-}
-
-at::Tensor relax_bwd_cuda(const at::Tensor& grad_embeds, const at::Tensor& logits, const at::Tensor& table,
-                          const at::Tensor& stats, double temperature, int64_t chunk_rows) {
-  return relax_bwd_host(softmax_rows_backward_cuda, kCudaChunkElements, grad_embeds, logits, table, stats,
-                        temperature, chunk_rows);
 }
 
 }  // namespace
 }  // namespace entrgi
 
 TORCH_LIBRARY_IMPL(entrgi, CUDA, m) {
-  m.impl("relax_fwd", &entrgi::relax_fwd_cuda);
-  m.impl("relax_bwd", &entrgi::relax_bwd_cuda);
+  m.impl("relax_fwd", &entrgi::relax_fwd_on<entrgi::softmax_rows_forward_cuda, entrgi::kCudaChunkElements>);
+  m.impl("relax_bwd", &entrgi::relax_bwd_on<entrgi::softmax_rows_backward_cuda, entrgi::kCudaChunkElements>);
 }

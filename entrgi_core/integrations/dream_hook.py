@@ -19,6 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from entrgi_core import checks
+from entrgi_core.contract import Guidance
 from entrgi_core.integrations.canvas import CanvasGuide
 from entrgi_core.errors import InputError
 
@@ -39,7 +40,7 @@ class DreamGuidanceHook(CanvasGuide):
         if mask_id is None:
             raise InputError(f"{self.who}: the tokenizer has no mask token; pass mask_id=...")
         steps = checks.integer(steps, who=self.who, name="steps", minimum=1, optional=True)
-        if steps is None and (getattr(strategy, "start", 0.0) > 0 or getattr(strategy, "stop", 1.0) < 1):
+        if steps is None and isinstance(strategy, Guidance) and strategy.uses_total:
             raise InputError(f"{self.who}: {type(strategy).__name__} guides only the steps with start <= step / T < "
                              "stop; give the hook diffusion_generate's steps (steps=T) so it knows T")
         super().__init__(reward, strategy, tokenizer=tokenizer, prompts=prompts, temperature=temperature, top_p=top_p,
