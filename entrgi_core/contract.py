@@ -214,6 +214,7 @@ class StepUpdate:
     sampled: Tensor       # (N,) the token sampled at each masked position
     committed: Tensor     # (N,) bool: committed at this step (the others stay masked)
     tokens: Tensor        # (R, L) the response canvas after the commit
+    blocks_done: Tensor | None = None   # (R,) leading blocks each row has fully committed after the commit
 
 
 class Guidance(nn.Module, abc.ABC):

@@ -130,6 +130,8 @@ class DiffusionLM(DiffusionModel):
 
     shift_logits: bool = False
     default_schedule: str = "dream"   # commit schedule when DenoiseConfig.schedule is None
+    cache_modes: tuple[str, ...] = ()  # block KV cache modes it offers (entrgi_core.kv_cache)
+    no_cache_reason = "its forward takes no key/value cache"
 
     def __init__(self, path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
                  mask_id: int | None = None):
@@ -156,19 +158,43 @@ class DiffusionLM(DiffusionModel):
         super()._setup(model, tokenizer, name, mask_id=self.mask_id)
 
     def check(self, config, guidance=None) -> None:
-        check_rule(config.alg, make_schedule(config.schedule or self.default_schedule))
+        check_rule(config.alg, make_schedule(config.schedule or self.default_schedule, config), config.alg_temp)
+        if config.cache is not None and config.cache not in self.cache_modes:
+            offered = f"it offers {list(self.cache_modes)}" if self.cache_modes else self.no_cache_reason
+            raise InputError(f"{type(self).__name__}: cache={config.cache!r} is not available: {offered}; "
+                             "run with cache=None")
+        if config.cache is not None and config.block_length is None:
+            raise InputError(f"cache={config.cache!r} keeps keys and values per block: set block_length "
+                             "(e.g. 32), or run with cache=None")
 
     def response_text(self, ids: list[int]) -> str:
         cut = ids[: first_stop(ids, self.stop_ids)]
         return self.decode([t for t in cut if t != self.mask_id])
 
-    def forward_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    def forward_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
+        """The model's raw logits (B, Q, V) for the columns ``input_ids`` (B, Q); ``attention_mask``
+        (B, S) covers every key column (with a ``cache``, the cached ones as well)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          **self._cache_argument(cache)).logits
+
+    def _cache_parameter(self) -> str | None:
+        """The name under which the model's backbone takes a key/value cache (transformers >= 5.24:
+        ``cache``; earlier: ``past_key_values``), or None when it takes none."""
+        import inspect
+
+        backbone = getattr(self.model, "base_model", self.model)
+        params = inspect.signature(backbone.forward).parameters
+        return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+    def _cache_argument(self, cache) -> dict:
+        return {} if cache is None else {self._cache_parameter(): cache, "use_cache": True}
 
     @torch.no_grad()
-    def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
-        """(B, S, V) logits predicting the token at each position of the canvas (B, S)."""
-        out = self.forward_logits(input_ids, attention_mask, position_ids)
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
+        """(B, S, V) logits predicting the token at each position of the canvas (B, S); a ``cache``
+        given is filled with every layer's keys and values."""
+        args = (input_ids, attention_mask, position_ids)
+        out = self.forward_logits(*args) if cache is None else self.forward_logits(*args, cache=cache)
         if self.shift_logits:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)  # (B, S, V): position i reads i-1
         return out
@@ -188,11 +214,20 @@ class OwnLoopLM(DiffusionModel, abc.ABC):
 
 
 class MaskedLM(DiffusionLM):
-    """Any ``AutoModelForMaskedLM`` (BERT, ModernBERT, ...) used as a masked diffusion LM."""
+    """Any ``AutoModelForMaskedLM`` (BERT, ModernBERT, ...) used as a masked diffusion LM. The block
+    KV cache works for models whose self-attention writes to transformers' cache (the BERT family)."""
 
-    def forward_logits(self, input_ids, attention_mask, position_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                          position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids)).logits
+    cache_modes = ("prefix", "dual")
+
+    def check(self, config, guidance=None) -> None:
+        if config.cache is not None and self._cache_parameter() is None:
+            raise InputError(f"MaskedLM: cache={config.cache!r} is not available: {type(self.model).__name__}'s "
+                             "forward takes no key/value cache; run with cache=None")
+        super().check(config, guidance)
+
+    def forward_logits(self, input_ids, attention_mask, position_ids, cache=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
+                          token_type_ids=torch.zeros_like(input_ids), **self._cache_argument(cache)).logits
 
 
 class DreamLM(DiffusionLM):
@@ -204,16 +239,18 @@ class DreamLM(DiffusionLM):
 
     shift_logits = True
     auto_class = "AutoModel"
+    cache_modes = ("prefix", "dual")
 
     def __init__(self, path: str = "Dream-org/Dream-v0-Instruct-7B", *, dtype: str = "bfloat16",
                  trust_remote_code: bool = False, mask_id: int | None = None):
         super().__init__(path, dtype=dtype, trust_remote_code=trust_remote_code, mask_id=mask_id)
 
-    def forward_logits(self, input_ids, attention_mask, position_ids):
+    def forward_logits(self, input_ids, attention_mask, position_ids, cache=None):
         if getattr(self.model.config, "model_type", "") != "Dream":
-            return super().forward_logits(input_ids, attention_mask, position_ids)
-        keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, input_ids.shape[1], -1)  # (B, 1, S, S)
-        return self.model(input_ids, attention_mask=keys, position_ids=position_ids).logits
+            return super().forward_logits(input_ids, attention_mask, position_ids, cache=cache)
+        keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, input_ids.shape[1], -1)  # (B, 1, Q, S)
+        extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {}
+        return self.model(input_ids, attention_mask=keys, position_ids=position_ids, **extra).logits
 
 
 class LLaDALM(DiffusionLM):
@@ -223,6 +260,7 @@ class LLaDALM(DiffusionLM):
 
     auto_class = "AutoModel"
     default_schedule = "llada"
+    no_cache_reason = "LLaDA's own modelling code asserts that it is given no key/value cache"
 
     def __init__(self, path: str = "GSAI-ML/LLaDA-8B-Instruct", *, dtype: str = "bfloat16",
                  trust_remote_code: bool = False, mask_id: int | None = None):
@@ -232,7 +270,7 @@ class LLaDALM(DiffusionLM):
     def default_mask_id(tokenizer, model) -> int | None:
         return DiffusionLM.default_mask_id(tokenizer, model) or 126336
 
-    def forward_logits(self, input_ids, attention_mask, position_ids):
+    def forward_logits(self, input_ids, attention_mask, position_ids, cache=None):
         if getattr(self.model.config, "model_type", "") != "llada":
-            return super().forward_logits(input_ids, attention_mask, position_ids)
+            return super().forward_logits(input_ids, attention_mask, position_ids, cache=cache)
         return self.model(input_ids, attention_mask=attention_mask.long()).logits

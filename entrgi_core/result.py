@@ -23,6 +23,7 @@ class Rollout:
     tokens: Tensor                         # (B, K, L) committed response tokens, on the CPU
     dlm_work: list[tuple[int, int]]        # per prompt: (dLLM rows run, their tokens)
     rm_work: list[dict]                    # per prompt: reward-model work during guidance (WORK_FIELDS)
+    steps: list[int]                       # per prompt: denoising steps until its last sample was done
     guided_steps: list[int] = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)   # weight / reward_before / reward_after: (B, S)
     particles: dict = field(default_factory=dict)     # a particle strategy's report
@@ -49,6 +50,8 @@ class GenerationResult:
     compute: dict = field(default_factory=dict)
     # a particle strategy's per-prompt diagnostics (diagnose=True), each a list of B items
     particles: dict = field(default_factory=dict)
+    denoising_steps: list[int] = field(default_factory=list)       # (B) steps until the prompt's last sample was done
+    tokens_per_forward: list[float] = field(default_factory=list)  # (B) committed response tokens / dLLM forwards
 
     def records(self, method: str = "", seed: int | None = None) -> list[dict]:
         """One JSON-ready dict per prompt; every value is the prompt's own."""
@@ -66,6 +69,8 @@ class GenerationResult:
                     rec[f"{key}_by_step"] = {s: float(v) for s, v in zip(self.guided_steps, values[b].tolist())}
             for key, values in self.particles.items():
                 rec[key] = values[b]
+            if self.denoising_steps:
+                rec.update(denoising_steps=self.denoising_steps[b], tokens_per_forward=self.tokens_per_forward[b])
             if self.compute:
                 rec["compute"] = {key: values[b] for key, values in self.compute.items()}
             rec.update(method=method, seed=seed)
@@ -85,10 +90,13 @@ def finish(plan, batch, rollout: Rollout, started: float) -> GenerationResult:
         best_reward, best_index = rewards.max(1)
         avg_reward = rewards.mean(1)
     compute = account(model, reward, batch, texts, plan.config, rollout.dlm_work, rollout.rm_work)
+    committed = k * plan.config.max_new_tokens                          # every response position, every sample
     return GenerationResult(prompts=list(batch.prompts), prompt_ids=list(batch.prompt_ids), tokens=rollout.tokens,
                             texts=texts, rewards=rewards, best_index=best_index, best_reward=best_reward,
                             avg_reward=avg_reward, seconds=time.perf_counter() - started,
                             guided_steps=rollout.guided_steps, compute=compute, particles=rollout.particles,
+                            denoising_steps=list(rollout.steps),
+                            tokens_per_forward=[committed / max(f, 1) for f, _ in rollout.dlm_work],
                             **rollout.diagnostics)
 
 

@@ -24,11 +24,12 @@ from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import GuidanceStep, StepUpdate
 from entrgi_core.draws import neg_entropy, sample_tokens
 from entrgi_core.errors import require_finite
+from entrgi_core.kv_cache import BlockCache
 from entrgi_core.models import OwnLoopLM
 from entrgi_core.plan import Batch, Plan
 from entrgi_core.result import GenerationResult, Rollout, finish
 from entrgi_core.reward_side import RewardSide
-from entrgi_core.schedules import CommitSchedule, commit_mask, make_schedule
+from entrgi_core.schedules import CommitSchedule, commit_mask, make_schedule, parallel_commit
 
 SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence")
 
@@ -68,8 +69,13 @@ class Rows:
     side: RewardSide | None         # the reward side (when the strategy reads the reward model)
     schedule: CommitSchedule
     particles: object | None        # a particle strategy's state
+    row_tokens: Tensor              # (R,) real tokens of a full forward of each row (prompt + L, no padding)
+    cache: BlockCache | None = None
+    block: Tensor | None = None     # (R,) each row's current block
+    local: Tensor | None = None     # (R,) steps each row has taken in its current block
     at_block_start: Tensor | None = None   # (R,) masked count of the current block at its first step
-    forwards: int = 0               # dLLM forwards run (each over all R rows)
+    forwards: Tensor | None = None  # (R,) dLLM forwards each row ran (steps while it had masked positions)
+    tokens: Tensor | None = None    # (R,) the tokens those forwards ran
     diag: dict = field(default_factory=lambda: {"step": [], "weight": [], "reward_before": [], "reward_after": []})
 
     @property
@@ -78,7 +84,8 @@ class Rows:
 
 
 def denoise(plan: Plan, batch: Batch, *, diagnose: bool = False) -> Rollout:
-    """entrgi's masked sampler over all rows of ``batch``: at most ``config.steps`` steps."""
+    """entrgi's masked sampler over all rows of ``batch``: at most ``config.steps`` steps, fewer
+    when a parallel schedule leaves nothing masked earlier."""
     rows = start(plan, batch)
     for index in range(plan.config.steps):
         if not step(plan, rows, index, diagnose=diagnose):
@@ -103,57 +110,67 @@ def start(plan: Plan, batch: Batch) -> Rows:
     if plan.guided:
         side = RewardSide.build(plan.reward, [q for q in batch.prompts for _ in range(k)], tokenizer=model.tokenizer,
                                 vocab_size=model.vocab_size, stop_ids=model.stop_ids, device=device)
-    g = plan.guidance
+    g, r = plan.guidance, len(batch) * k
+    zeros = torch.zeros(r, dtype=torch.long, device=device)
     return Rows(ids=rep(ids), attn=rep(attn), pos=rep(pos), width=width,
                 keys=rng.row_keys(cfg.seed, batch.prompt_ids, k, device=device),
                 stops=torch.tensor(model.stop_ids, dtype=torch.long, device=device), side=side,
-                schedule=make_schedule(cfg.schedule or model.default_schedule),
-                particles=g.begin(len(batch), k, device) if g is not None and g.particles else None)
+                schedule=make_schedule(cfg.schedule or model.default_schedule, cfg),
+                particles=g.begin(len(batch), k, device) if g is not None and g.particles else None,
+                row_tokens=rep(attn.sum(1)), forwards=zeros, tokens=zeros.clone(), block=zeros.clone() - 1,
+                local=zeros.clone(), at_block_start=zeros.clone(),
+                cache=BlockCache(cfg.cache, cfg.cache_refresh, r, device) if cfg.cache is not None else None)
 
 
 def step(plan: Plan, rows: Rows, index: int, *, diagnose: bool = False) -> bool:
     """Denoising step ``index``: forward, guidance, draw, commit. False when nothing was masked."""
     model, cfg = plan.model, plan.config
     masked = rows.response == model.mask_id                            # (R, L)
-    eligible, local = _eligible(cfg, rows, masked, index)
+    eligible, last = _eligible(cfg, rows, masked, index)
     r, c = masked.nonzero(as_tuple=True)                               # one host sync per step
     if r.numel() == 0:
         return False
-    phi0 = model.logits(rows.ids, rows.attn, rows.pos)[:, rows.width:][r, c].float()   # (N, V)
-    rows.forwards += 1
+    phi0 = _forward(plan, rows, masked, r, c)                          # (N, V)
     require_finite(phi0, f"generate: the model at denoising step {index}")
     gstep = None
     if plan.guided or rows.particles is not None:
         gstep = GuidanceStep(index=index, total=cfg.steps, side=rows.side, tokens=rows.response, rows=r, cols=c,
                              keys=rows.keys, samples=cfg.num_samples, sampling=cfg.sampling, diagnose=diagnose)
     phi = _guide(plan, rows, gstep, phi0)
-    x0, conf = draw(cfg, rows.keys, r, c, phi, phi0, index)
-    col = torch.arange(masked.shape[1], device=masked.device)
-    order_u = rng.uniform(rng.derive(rows.keys[:, None], rng.ORDER, index, col[None, :]))   # (R, L)
-    commit = commit_mask(cfg.alg, rows.schedule, conf=conf, x0=x0, rows=r, cols=c, eligible=eligible,
-                         at_block_start=rows.at_block_start, local=local, steps=cfg.steps // cfg.num_blocks,
-                         order_u=order_u, stop_ids=rows.stops, deprioritize_eos=cfg.deprioritize_eos,
-                         alg_temp=cfg.alg_temp)
+    x0, conf = draw(cfg, rows.keys, r, c, phi, phi0, index, schedule=rows.schedule)
+    commit = _commit(cfg, rows, index, conf=conf, x0=x0, r=r, c=c, eligible=eligible, last=last)
     resp = rows.response
     proposal = resp.clone()
     proposal[r, c] = x0
     rows.ids[:, rows.width:] = torch.where(commit, proposal, resp)
+    rows.local += masked.any(1)
     if rows.particles is not None:
+        left = rows.response == model.mask_id
+        filled = left.view(left.shape[0], cfg.num_blocks, -1).any(2)                 # (R, blocks)
+        done = torch.where(filled.any(1), filled.int().argmax(1), torch.full_like(rows.block, cfg.num_blocks))
         _observe(plan.guidance, rows, gstep, StepUpdate(base=phi0, proposal=phi, sampled=x0, committed=commit[r, c],
-                                                        tokens=rows.response))
+                                                        tokens=rows.response, blocks_done=done))
     return True
 
 
-def _eligible(cfg: DenoiseConfig, rows: Rows, masked: Tensor, index: int) -> tuple[Tensor, int]:
-    """(R, L) masked positions of the current block, and the step's index within its block (whose
-    first step also records each row's masked count there, for LLaDA's schedule)."""
-    block, local = divmod(index, cfg.steps // cfg.num_blocks)
+def _eligible(cfg: DenoiseConfig, rows: Rows, masked: Tensor, index: int) -> tuple[Tensor, Tensor]:
+    """(R, L) the masked positions of each row's current block, and (R,) the rows at their block's
+    last allowed step. Fixed schedules keep every row in lockstep (block ``index // S``); parallel
+    ones move each row on as soon as its block is full."""
+    per_block = cfg.steps // cfg.num_blocks
     block_len = masked.shape[1] // cfg.num_blocks
+    if rows.schedule.parallel:
+        filled = masked.view(masked.shape[0], cfg.num_blocks, block_len).any(2)          # (R, blocks)
+        block = torch.where(filled.any(1), filled.int().argmax(1), torch.full_like(rows.block, cfg.num_blocks))
+    else:
+        block = torch.full_like(rows.block, index // per_block)
+    moved = block != rows.block
+    rows.local = torch.where(moved, torch.zeros_like(rows.local), rows.local)
+    rows.block = block
     col = torch.arange(masked.shape[1], device=masked.device)
-    eligible = masked & (col >= block * block_len) & (col < (block + 1) * block_len)
-    if local == 0:
-        rows.at_block_start = eligible.sum(1)                          # (R,)
-    return eligible, local
+    eligible = masked & (col[None, :] // block_len == block[:, None])
+    rows.at_block_start = torch.where(moved, eligible.sum(1), rows.at_block_start)
+    return eligible, rows.local >= per_block - 1
 
 
 def _guide(plan: Plan, rows: Rows, gstep: GuidanceStep | None, phi0: Tensor) -> Tensor:
@@ -167,37 +184,82 @@ def _guide(plan: Plan, rows: Rows, gstep: GuidanceStep | None, phi0: Tensor) -> 
     return out.logits
 
 
-def draw(cfg: DenoiseConfig, keys: Tensor, r: Tensor, c: Tensor, phi: Tensor, phi0: Tensor, index: int):
-    """Tokens (N,) drawn from ``phi`` (N, V) and their commit confidences (N,) (None for rules
-    without one). Dream's "entropy" confidence is read from the unguided ``phi0``."""
-    confidence = cfg.alg if cfg.alg in SAMPLE_CONFIDENCES else None
+def _forward(plan: Plan, rows: Rows, masked: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    """The logits (N, V) float32 of the masked positions: one forward of the rows that still have
+    any (cached, when the plan asks for a block cache), counted per row."""
+    model, cfg = plan.model, plan.config
+    active = masked.any(1)                                             # (R,)
+    idx = active.nonzero().squeeze(1)                                  # host sync
+    if rows.cache is not None:
+        logits, tokens = rows.cache.response_logits(model, rows.ids, rows.attn, rows.pos, rows.width, idx, rows.block,
+                                                    rows.local, masked.shape[1] // cfg.num_blocks, rows.row_tokens)
+    elif len(idx) == len(active):                                      # every row: no copy
+        logits, tokens = model.logits(rows.ids, rows.attn, rows.pos)[:, rows.width:], rows.row_tokens
+    else:
+        logits = model.logits(rows.ids[idx], rows.attn[idx], rows.pos[idx])[:, rows.width:]
+        tokens = rows.row_tokens[idx]
+    rows.forwards[idx] += 1
+    rows.tokens[idx] += tokens
+    local_row = active.long().cumsum(0) - 1                            # row -> its index among the active
+    return logits[local_row[r], c].float()
+
+
+def draw(cfg: DenoiseConfig, keys: Tensor, r: Tensor, c: Tensor, phi: Tensor, phi0: Tensor, index: int, *,
+         schedule: CommitSchedule):
+    """Tokens (N,) drawn from ``phi`` (N, V) and their commit statistic (N,) (None for rules
+    without one). Dream's "entropy" confidence is read from the unguided ``phi0``; a parallel
+    schedule's statistic (the sampled token's probability, or the entropy) from ``phi``."""
     u = rng.uniform(rng.derive(keys[r], rng.SAMPLE, index, c))
+    opts = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    if schedule.parallel:
+        if schedule.statistic == "entropy":
+            return sample_tokens(phi, u, **opts)[0], -neg_entropy(phi, **opts)
+        return sample_tokens(phi, u, **opts, confidence="maskgit_plus")
+    confidence = cfg.alg if cfg.alg in SAMPLE_CONFIDENCES else None
     separate = confidence == "entropy" and phi is not phi0           # one pass when unguided
-    x0, conf = sample_tokens(phi, u, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                             confidence=None if separate else confidence)
+    x0, conf = sample_tokens(phi, u, **opts, confidence=None if separate else confidence)
     if separate:
-        conf = neg_entropy(phi0, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+        conf = neg_entropy(phi0, **opts)
     return x0, conf
 
 
+def _commit(cfg: DenoiseConfig, rows: Rows, index: int, *, conf, x0, r, c, eligible, last) -> Tensor:
+    """(R, L) the positions committed at this step, by the rows' schedule."""
+    if rows.schedule.parallel:
+        return parallel_commit(rows.schedule, stat=conf, x0=x0, rows=r, cols=c, eligible=eligible, last=last,
+                               stop_ids=rows.stops, deprioritize_eos=cfg.deprioritize_eos)
+    col = torch.arange(eligible.shape[1], device=eligible.device)
+    order_u = rng.uniform(rng.derive(rows.keys[:, None], rng.ORDER, index, col[None, :]))   # (R, L)
+    per_block = cfg.steps // cfg.num_blocks
+    return commit_mask(cfg.alg, rows.schedule, conf=conf, x0=x0, rows=r, cols=c, eligible=eligible,
+                       at_block_start=rows.at_block_start, local=index % per_block, steps=per_block,
+                       order_u=order_u, stop_ids=rows.stops, deprioritize_eos=cfg.deprioritize_eos,
+                       alg_temp=cfg.alg_temp)
+
+
 def _observe(guidance, rows: Rows, gstep: GuidanceStep, update: StepUpdate) -> None:
-    """A particle strategy's reading of the step; rows are resampled within prompts by its ancestors."""
+    """A particle strategy's reading of the step; rows are resampled within prompts by its ancestors
+    (a row takes its ancestor's canvas and block state, and keeps its own keys and counters)."""
     ancestors = guidance.observe(rows.particles, gstep, update)      # (R,) or None
     if ancestors is not None:
         rows.ids = rows.ids[ancestors]
-        rows.at_block_start = rows.at_block_start[ancestors]
+        rows.at_block_start, rows.block, rows.local = (t[ancestors] for t in (rows.at_block_start, rows.block,
+                                                                            rows.local))
+        if rows.cache is not None:
+            rows.cache.reorder(ancestors)
 
 
 def rollout(plan: Plan, batch: Batch, rows: Rows, *, diagnose: bool = False) -> Rollout:
     """The rows' responses and work, per prompt."""
     k, length = plan.config.num_samples, plan.config.max_new_tokens
     tokens = rows.response.reshape(len(batch), k, length).cpu()
-    dlm_work = [(rows.forwards * k, rows.forwards * k * (len(e) + length)) for e in batch.encoded]
+    forwards = rows.forwards.view(len(batch), k)
+    dlm_work = list(zip(forwards.sum(1).tolist(), rows.tokens.view(len(batch), k).sum(1).tolist()))
     rm_work = rows.side.work.per_prompt(k) if rows.side is not None else [{} for _ in range(len(batch))]
     diag = {key: torch.stack(v, 1).cpu() if v else None for key, v in rows.diag.items() if key != "step"}
     particles = plan.guidance.report(rows.particles) if rows.particles is not None and diagnose else {}
-    return Rollout(tokens=tokens, dlm_work=dlm_work, rm_work=rm_work, guided_steps=rows.diag["step"],
-                   diagnostics=diag, particles=particles)
+    return Rollout(tokens=tokens, dlm_work=dlm_work, rm_work=rm_work, steps=forwards.max(1).values.tolist(),
+                   guided_steps=rows.diag["step"], diagnostics=diag, particles=particles)
 
 
 def _collect(diag: dict, index: int, out, gstep: GuidanceStep, k: int) -> None:

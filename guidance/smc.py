@@ -48,6 +48,7 @@ class Particles:
     log_weight: Tensor          # (R,) float64, since the last resampling
     potential: Tensor           # (R,) float64, beta x the log-potential so far: r, max r or sum r
     reads: int = 0              # intermediate rewards read so far
+    blocks: Tensor | None = None  # (B,) blocks every sample of the prompt had completed at its last reading
     steps: list = field(default_factory=list)       # denoising steps observed
     ess: list = field(default_factory=list)         # (B,) ESS after each, before any resampling
     resampled: list = field(default_factory=list)   # (B,) bool per step: resampled then
@@ -65,11 +66,14 @@ class SMC(Guidance):
             gated relaxation; EntRGi's gate when the proposal has none) or "hard" (each masked
             position completed by the argmax of the proposal's logits).
         every: read the intermediate reward, and consider resampling, every k-th denoising step taken
-            (steps 0, k, 2k, ..., as ``every`` counts in every strategy; never at the last step,
-            which is scored as a whole).
+            (steps 0, k, 2k, ..., as ``every`` counts in every strategy; never once nothing is left
+            masked: the end is scored as a whole).
         ess_threshold: resample a prompt when its ESS is at most this fraction of K (1: at every
             reading; 0: never).
         scheme: "systematic" (the only one implemented).
+        resample_at: "step" (read and resample on the steps ``every`` picks) or "block" (only where
+            all of a prompt's samples have just completed a block, as Self-Rewarding SMC does, so a
+            block cache stays valid; ``every`` then does not apply).
     """
 
     name = "smc"
@@ -77,7 +81,7 @@ class SMC(Guidance):
 
     def __init__(self, proposal: Guidance | None = None, beta: float = 1.0, potential: str = "difference",
                  intermediate: str = "relaxed", every: int = 1, ess_threshold: float = 0.5,
-                 scheme: str = "systematic"):
+                 scheme: str = "systematic", resample_at: str = "step"):
         super().__init__()
         if proposal is not None and not isinstance(proposal, Guidance):
             raise InputError(f"SMC: proposal must be a guidance strategy or None, got {type(proposal).__name__}")
@@ -90,6 +94,8 @@ class SMC(Guidance):
         every = checks.integer(every, who="SMC", name="every", minimum=1)
         ess_threshold = checks.fraction(ess_threshold, who="SMC", name="ess_threshold")
         checks.one_of(scheme, ("systematic",), who="SMC", name="scheme")
+        checks.one_of(resample_at, ("step", "block"), who="SMC", name="resample_at")
+        self.resample_at = resample_at
         self.proposal = proposal
         self.beta = float(beta)
         self.potential, self.intermediate, self.every = potential, intermediate, every
@@ -128,7 +134,8 @@ class SMC(Guidance):
     def settings(self) -> dict:
         return {**super().settings(), "proposal": self.proposal.settings() if self.proposal is not None else None,
                 "beta": self.beta, "potential": self.potential, "intermediate": self.intermediate,
-                "every": self.every, "ess_threshold": self.ess_threshold, "scheme": self.scheme}
+                "every": self.every, "ess_threshold": self.ess_threshold, "scheme": self.scheme,
+                "resample_at": self.resample_at}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k not in ("class", "proposal"))
@@ -139,21 +146,16 @@ class SMC(Guidance):
         zeros = torch.zeros(prompts * samples, dtype=torch.float64, device=device)
         return Particles(prompts, samples, zeros, zeros.clone())
 
-    def reads_reward(self, index: int, total: int) -> bool:
-        """Whether step ``index`` reads the intermediate reward and may resample: steps 0, k, 2k, ...
-        (as every strategy counts ``every``), never the last (scored as a whole)."""
-        return index % self.every == 0 and index < total - 1
-
     def observe(self, state: Particles, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
         b, k = state.prompts, state.samples
         if update.proposal is not update.base:                         # importance factor p_base / q
             opts = dict(temperature=step.temperature, top_p=step.top_p, top_k=step.top_k)
             lp = token_log_probs(update.base, update.sampled, **opts)    # (N,) -inf outside base's filters
             lq = token_log_probs(update.proposal, update.sampled, **opts)
-            keep = update.committed & torch.isfinite(lq)
+            keep = update.committed & torch.isfinite(lq)              # every token committed at this step
             state.log_weight.index_add_(0, step.rows, torch.where(keep, lp - lq, torch.zeros_like(lp)))
-        reads = self.reads_reward(step.index, step.total)
-        if reads and self.weighs_reward:
+        at = self.reading(state, step, update)                         # (B,) prompts read at this step, or None
+        if at is not None and self.weighs_reward:
             r = self.intermediate_reward(step, update).double()        # (R,)
             if self.potential == "max" and state.reads:
                 new = torch.maximum(state.potential, r)
@@ -161,6 +163,7 @@ class SMC(Guidance):
                 new = state.potential + r
             else:                                                      # difference, or the first max
                 new = r
+            new = torch.where(at.repeat_interleave(k), new, state.potential)
             state.log_weight += (new - state.potential) / self.beta
             state.potential = new
             state.reads += 1
@@ -170,10 +173,10 @@ class SMC(Guidance):
         ess = 1.0 / (w * w).sum(1)                                     # (B,)
         state.steps.append(step.index)
         state.ess.append(ess)
-        if not reads:
+        if at is None:
             state.resampled.append(torch.zeros_like(ess, dtype=torch.bool))
             return None
-        resample = ess <= self.ess_threshold * k                       # (B,)
+        resample = at & (ess <= self.ess_threshold * k)                # (B,)
         u = rng.uniform(rng.derive(step.keys[::k], rng.RESAMPLE, step.index))   # (B,) one per prompt
         picked = systematic(w, u)                                      # (B, K) within-prompt ancestors
         own = torch.arange(k, device=w.device).expand(b, k)
@@ -183,6 +186,23 @@ class SMC(Guidance):
         state.potential = state.potential[ancestors]
         state.resampled.append(resample)
         return ancestors
+
+    def reading(self, state: Particles, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
+        """(B,) bool: the prompts whose intermediate reward is read (and that may be resampled) at
+        this step, or None for none. Never once nothing is left masked (the end is scored as a
+        whole); ``resample_at="step"``: every prompt at steps 0, every, 2 every, ...;
+        ``"block"``: the prompts all of whose samples have just completed a block."""
+        if int((~update.committed).sum()) == 0:                        # host sync: anything left to read?
+            return None
+        b, k = state.prompts, state.samples
+        if self.resample_at == "step":
+            return torch.ones(b, dtype=torch.bool, device=update.tokens.device) if step.index % self.every == 0 else None
+        done = update.blocks_done.view(b, k).min(1).values              # (B,) blocks all samples have completed
+        if state.blocks is None:
+            state.blocks = torch.zeros_like(done)
+        at = done > state.blocks
+        state.blocks = torch.maximum(state.blocks, done)
+        return at if bool(at.any()) else None
 
     def intermediate_reward(self, step: GuidanceStep, update: StepUpdate) -> Tensor:
         """Rewards (R,) of the canvas after the commit, its masked positions relaxed or completed

@@ -60,7 +60,7 @@ def sample_canvases(model, plan, batch) -> Rollout:
         calls.append(temp.calls)
         widths.append(seq.shape[1] - len(ids))
     return Rollout(tokens=torch.stack(tokens), dlm_work=dlm_work(model, batch.encoded, cfg, calls, widths),
-                   rm_work=rm_work)
+                   rm_work=rm_work, steps=calls)
 
 
 def generation_config(model, cfg):
