@@ -75,6 +75,8 @@ class DenoiseConfig:
                             f"{PARALLEL_ALGS} and alg_temp=0, not alg={self.alg!r}, alg_temp={self.alg_temp}")
         if self.cache not in (None, "prefix", "dual"):
             problems.append(f"cache must be None, 'prefix' or 'dual', got {self.cache!r}")
+        elif self.cache is not None and self.block_length is None:
+            problems.append(f"cache={self.cache!r} keeps keys and values per block: set block_length (e.g. 32)")
         if not isinstance(self.cache_refresh, int) or isinstance(self.cache_refresh, bool) or self.cache_refresh < 0:
             problems.append(f"cache_refresh must be an integer >= 0, got {self.cache_refresh!r}")
         if problems:

@@ -211,7 +211,8 @@ class StepUpdate:
 
     base: Tensor          # (N, V) the model's logits, before guidance
     proposal: Tensor      # (N, V) the logits the tokens were sampled from (``base`` itself when unguided)
-    sampled: Tensor       # (N,) the token sampled at each masked position
+    sampled: Tensor       # (N,) the token drawn at each masked position of its row's current block (the mask
+                          # id at the others, which cannot be committed at this step)
     committed: Tensor     # (N,) bool: committed at this step (the others stay masked)
     tokens: Tensor        # (R, L) the response canvas after the commit
     blocks_done: Tensor | None = None   # (R,) leading blocks each row has fully committed after the commit

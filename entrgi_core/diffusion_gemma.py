@@ -86,7 +86,9 @@ class DiffusionGemmaLM(OwnLoopLM):
         if config.block_length is not None:
             bad.append(f"block_length={config.block_length} (canvases are {self.canvas_length} tokens)")
         if config.schedule is not None:
-            bad.append(f"schedule={config.schedule!r}")
+            bad.append(f"schedule={config.schedule!r} (it accepts by its own entropy bound, entropy_bound=...)")
+        if config.cache is not None:
+            bad.append(f"cache={config.cache!r} (its generate() keeps its own)")
         if not config.temperature > 0:
             bad.append("temperature=0 (its sampler always samples)")
         if bad:

@@ -60,28 +60,27 @@ class BlockCache:
             self.logits = self.logits[ancestors]
         self.block = self.block[ancestors]
 
-    def response_logits(self, model, ids: Tensor, attn: Tensor, pos: Tensor, width: int, idx: Tensor, block: Tensor,
-                        local: Tensor, block_len: int, row_tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Response logits (n, L, V) of the rows ``idx`` (n,) and the tokens each ran (n,): a refresh
-        for rows that start a block (or are due), a cached run for the others, grouped by block."""
+    def masked_logits(self, model, ids: Tensor, attn: Tensor, pos: Tensor, width: int, idx: Tensor, block: Tensor,
+                      local: Tensor, block_len: int, row_tokens: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (N, V) at the masked positions ``(r, c)`` (rows of the canvas) and the tokens each
+        of the rows ``idx`` (n,) ran (n,): a refresh for rows that start a block (or are due), a
+        cached run for the others, grouped by block; kept logits where nothing ran (dual)."""
         need = self.block[idx] != block[idx]
         if self.refresh_every > 0:
             need |= local[idx] % self.refresh_every == 0
-        out = torch.empty(len(idx), ids.shape[1] - width, model.vocab_size, device=ids.device)
         tokens = torch.empty(len(idx), dtype=torch.long, device=ids.device)
         fresh = need.nonzero().squeeze(1)                             # host sync: which rows refresh
         if fresh.numel():
-            rows = idx[fresh]
-            out[fresh] = self.refresh(model, ids, attn, pos, width, rows, block)
-            tokens[fresh] = row_tokens[rows]
+            self.refresh(model, ids, attn, pos, width, idx[fresh], block)
+            tokens[fresh] = row_tokens[idx[fresh]]
         kept = (~need).nonzero().squeeze(1)
         for b in block[idx[kept]].unique().tolist():                  # rows of one block run together
             group = kept[block[idx[kept]] == b]
-            out[group], tokens[group] = self.run(model, ids, attn, pos, width, idx[group], b, block_len)
-        return out, tokens
+            tokens[group] = self.run(model, ids, attn, pos, width, idx[group], b, block_len)
+        return self.logits[r, c].float(), tokens
 
     def refresh(self, model, ids, attn, pos, width: int, rows: Tensor, block: Tensor) -> Tensor:
-        """Full forward of ``rows``, keeping their keys, values and response logits."""
+        """Full forward of ``rows``, keeping their keys, values and response logits (returned)."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=getattr(model.model, "config", None))
@@ -101,9 +100,9 @@ class BlockCache:
         self.block[rows] = block[rows]
         return logits
 
-    def run(self, model, ids, attn, pos, width: int, rows: Tensor, b: int, block_len: int) -> tuple[Tensor, Tensor]:
-        """Response logits (n, L, V) of ``rows`` in block ``b`` from a run of the block's columns
-        (and the later ones, "prefix") against the kept keys and values; and the columns run."""
+    def run(self, model, ids, attn, pos, width: int, rows: Tensor, b: int, block_len: int) -> Tensor:
+        """Run the columns of block ``b`` (and the later ones, "prefix") of ``rows`` against the kept
+        keys and values, writing their response logits over the kept ones; (n,) the columns run."""
         from transformers import DynamicCache
 
         shift = int(model.shift_logits)                                # Dream: column i's logits predict i + 1
@@ -116,8 +115,7 @@ class BlockCache:
         else:                                                          # keys: [prefix | run | suffix]
             cache = _dual_cache(prefix, [(k[rows, :, end:], v[rows, :, end:]) for k, v in zip(self.keys, self.values)])
         raw = model.forward_logits(ids[rows, start:end], attn[rows], pos[rows, start:end], cache=cache)   # (n, Q, V)
-        out = self.logits[rows].clone()                                # stale where nothing ran (dual: later blocks)
         first = start + shift - width                                  # response column of the first prediction
         n = min(end - start, length - first)
-        out[:, first:first + n] = raw[:, :n].to(out.dtype)
-        return out, torch.full((len(rows),), end - start, dtype=torch.long, device=ids.device)
+        self.logits[rows, first:first + n] = raw[:, :n].to(self.logits.dtype)
+        return torch.full((len(rows),), end - start, dtype=torch.long, device=ids.device)

@@ -163,9 +163,6 @@ class DiffusionLM(DiffusionModel):
             offered = f"it offers {list(self.cache_modes)}" if self.cache_modes else self.no_cache_reason
             raise InputError(f"{type(self).__name__}: cache={config.cache!r} is not available: {offered}; "
                              "run with cache=None")
-        if config.cache is not None and config.block_length is None:
-            raise InputError(f"cache={config.cache!r} keeps keys and values per block: set block_length "
-                             "(e.g. 32), or run with cache=None")
 
     def response_text(self, ids: list[int]) -> str:
         cut = ids[: first_stop(ids, self.stop_ids)]

@@ -24,6 +24,7 @@ class RewardWork:
     forward_tokens: Tensor    # (R,) int64 tokens they read
     backwards: Tensor         # (R,) int64 backward passes (to the inputs)
     backward_tokens: Tensor   # (R,) int64 tokens they went through
+    index: Tensor | None = None   # (n,) when these counters are those of some rows of a larger set
 
     @classmethod
     def zeros(cls, rows: int, device=None) -> "RewardWork":
@@ -32,13 +33,23 @@ class RewardWork:
 
     def add_forward(self, tokens: Tensor) -> None:
         """One forward of every row, reading ``tokens`` (R,) tokens each."""
-        self.forwards += 1
-        self.forward_tokens += tokens
+        self._add(self.forwards, self.forward_tokens, tokens)
 
     def add_backward(self, tokens: Tensor) -> None:
         """One backward of every row, through ``tokens`` (R,) tokens each."""
-        self.backwards += 1
-        self.backward_tokens += tokens
+        self._add(self.backwards, self.backward_tokens, tokens)
+
+    def _add(self, passes: Tensor, counted: Tensor, tokens: Tensor) -> None:
+        if self.index is None:
+            passes += 1
+            counted += tokens
+        else:
+            passes.index_add_(0, self.index, torch.ones_like(tokens))
+            counted.index_add_(0, self.index, tokens)
+
+    def rows(self, idx: Tensor) -> "RewardWork":
+        """The counters of rows ``idx`` (n,): passes added to them count in these (R,) counters."""
+        return replace(self, index=idx if self.index is None else self.index[idx])
 
     def to(self, device) -> "RewardWork":
         return RewardWork(*(t.to(device) for t in (self.forwards, self.forward_tokens, self.backwards,
@@ -71,6 +82,11 @@ class RewardSide:
                    vocab=reward.aligned(tokenizer, vocab_size),
                    stop_ids=torch.as_tensor(list(stop_ids), dtype=torch.long, device=device),
                    template_tokens=template, work=RewardWork.zeros(len(prompts), device))
+
+    def rows(self, idx: Tensor) -> "RewardSide":
+        """The reward side of rows ``idx`` (n,) only (their context, template tokens and counters)."""
+        return replace(self, context=self.context.rows(idx), template_tokens=self.template_tokens[idx],
+                       work=self.work.rows(idx))
 
     def for_prompts(self, prompts: list[str]) -> "RewardSide":
         """The same reward model, alignment and stops for other rows (one prompt per row), with

@@ -14,7 +14,7 @@ resample each prompt's rows.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -130,14 +130,14 @@ def step(plan: Plan, rows: Rows, index: int, *, diagnose: bool = False) -> bool:
     r, c = masked.nonzero(as_tuple=True)                               # one host sync per step
     if r.numel() == 0:
         return False
-    phi0 = _forward(plan, rows, masked, r, c)                          # (N, V)
+    phi0, idx = _forward(plan, rows, masked, r, c)                     # (N, V), (n,) rows with masked positions
     require_finite(phi0, f"generate: the model at denoising step {index}")
     gstep = None
     if plan.guided or rows.particles is not None:
         gstep = GuidanceStep(index=index, total=cfg.steps, side=rows.side, tokens=rows.response, rows=r, cols=c,
                              keys=rows.keys, samples=cfg.num_samples, sampling=cfg.sampling, diagnose=diagnose)
-    phi = _guide(plan, rows, gstep, phi0)
-    x0, conf = draw(cfg, rows.keys, r, c, phi, phi0, index, schedule=rows.schedule)
+    phi = _guide(plan, rows, gstep, phi0, idx, masked)
+    x0, conf = _draw_block(cfg, rows, r, c, phi, phi0, index, eligible, model.mask_id)
     commit = _commit(cfg, rows, index, conf=conf, x0=x0, r=r, c=c, eligible=eligible, last=last)
     resp = rows.response
     proposal = resp.clone()
@@ -173,14 +173,21 @@ def _eligible(cfg: DenoiseConfig, rows: Rows, masked: Tensor, index: int) -> tup
     return eligible, rows.local >= per_block - 1
 
 
-def _guide(plan: Plan, rows: Rows, gstep: GuidanceStep | None, phi0: Tensor) -> Tensor:
-    """The logits (N, V) to draw from: the strategy's refinement where it guides, else ``phi0``."""
+def _guide(plan: Plan, rows: Rows, gstep: GuidanceStep | None, phi0: Tensor, idx: Tensor, masked: Tensor) -> Tensor:
+    """The logits (N, V) to draw from: the strategy's refinement where it guides, else ``phi0``. The
+    strategy sees only the rows that still have masked positions (a finished row would cost reward-
+    model passes for nothing)."""
     guidance = plan.guidance
     if not (plan.guided and guidance.guides(gstep, phi0)):
         return phi0
-    out = guidance.refine(phi0, gstep)
+    sub = gstep
+    if len(idx) < gstep.tokens.shape[0]:
+        local_row = masked.any(1).long().cumsum(0) - 1
+        sub = replace(gstep, side=gstep.side.rows(idx), tokens=gstep.tokens[idx], rows=local_row[gstep.rows],
+                      keys=gstep.keys[idx])
+    out = guidance.refine(phi0, sub)
     require_finite(out.logits, f"generate: guidance ({type(guidance).__name__}) at denoising step {gstep.index}")
-    _collect(rows.diag, gstep.index, out, gstep, plan.config.num_samples)
+    _collect(rows.diag, gstep.index, out, gstep, plan.config.num_samples, idx)
     return out.logits
 
 
@@ -191,24 +198,40 @@ def _forward(plan: Plan, rows: Rows, masked: Tensor, r: Tensor, c: Tensor) -> Te
     active = masked.any(1)                                             # (R,)
     idx = active.nonzero().squeeze(1)                                  # host sync
     if rows.cache is not None:
-        logits, tokens = rows.cache.response_logits(model, rows.ids, rows.attn, rows.pos, rows.width, idx, rows.block,
-                                                    rows.local, masked.shape[1] // cfg.num_blocks, rows.row_tokens)
+        phi0, tokens = rows.cache.masked_logits(model, rows.ids, rows.attn, rows.pos, rows.width, idx, rows.block,
+                                                rows.local, masked.shape[1] // cfg.num_blocks, rows.row_tokens, r, c)
     elif len(idx) == len(active):                                      # every row: no copy
-        logits, tokens = model.logits(rows.ids, rows.attn, rows.pos)[:, rows.width:], rows.row_tokens
+        phi0 = model.logits(rows.ids, rows.attn, rows.pos)[:, rows.width:][r, c].float()
+        tokens = rows.row_tokens
     else:
+        local_row = active.long().cumsum(0) - 1                        # row -> its index among the active
         logits = model.logits(rows.ids[idx], rows.attn[idx], rows.pos[idx])[:, rows.width:]
-        tokens = rows.row_tokens[idx]
+        phi0, tokens = logits[local_row[r], c].float(), rows.row_tokens[idx]
     rows.forwards[idx] += 1
     rows.tokens[idx] += tokens
-    local_row = active.long().cumsum(0) - 1                            # row -> its index among the active
-    return logits[local_row[r], c].float()
+    return phi0, idx
+
+
+def _draw_block(cfg: DenoiseConfig, rows: Rows, r: Tensor, c: Tensor, phi: Tensor, phi0: Tensor, index: int,
+                eligible: Tensor, mask_id: int) -> tuple[Tensor, Tensor | None]:
+    """``draw`` at the masked positions of each row's current block only (the others cannot be
+    committed at this step): the mask id and no statistic elsewhere."""
+    guided = phi is not phi0
+    if cfg.num_blocks == 1:                                            # every masked position is in the block
+        return draw(cfg, rows.keys, r, c, phi, phi0, index, schedule=rows.schedule, guided=guided)
+    e = eligible[r, c].nonzero().squeeze(1)                            # host sync
+    xe, ce = draw(cfg, rows.keys, r[e], c[e], phi[e], phi0[e], index, schedule=rows.schedule, guided=guided)
+    x0 = torch.full_like(r, mask_id).index_put((e,), xe)
+    conf = None if ce is None else torch.full(r.shape, float("-inf"), device=r.device).index_put((e,), ce.float())
+    return x0, conf
 
 
 def draw(cfg: DenoiseConfig, keys: Tensor, r: Tensor, c: Tensor, phi: Tensor, phi0: Tensor, index: int, *,
-         schedule: CommitSchedule):
+         schedule: CommitSchedule, guided: bool = False):
     """Tokens (N,) drawn from ``phi`` (N, V) and their commit statistic (N,) (None for rules
-    without one). Dream's "entropy" confidence is read from the unguided ``phi0``; a parallel
-    schedule's statistic (the sampled token's probability, or the entropy) from ``phi``."""
+    without one). Dream's "entropy" confidence is read from the unguided ``phi0`` (``guided``: phi
+    is not phi0); a parallel schedule's statistic (the sampled token's probability, or the
+    entropy) from ``phi``."""
     u = rng.uniform(rng.derive(keys[r], rng.SAMPLE, index, c))
     opts = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     if schedule.parallel:
@@ -216,7 +239,7 @@ def draw(cfg: DenoiseConfig, keys: Tensor, r: Tensor, c: Tensor, phi: Tensor, ph
             return sample_tokens(phi, u, **opts)[0], -neg_entropy(phi, **opts)
         return sample_tokens(phi, u, **opts, confidence="maskgit_plus")
     confidence = cfg.alg if cfg.alg in SAMPLE_CONFIDENCES else None
-    separate = confidence == "entropy" and phi is not phi0           # one pass when unguided
+    separate = confidence == "entropy" and guided                    # one pass when unguided
     x0, conf = sample_tokens(phi, u, **opts, confidence=None if separate else confidence)
     if separate:
         conf = neg_entropy(phi0, **opts)
@@ -262,17 +285,21 @@ def rollout(plan: Plan, batch: Batch, rows: Rows, *, diagnose: bool = False) -> 
                    guided_steps=rows.diag["step"], diagnostics=diag, particles=particles)
 
 
-def _collect(diag: dict, index: int, out, gstep: GuidanceStep, k: int) -> None:
-    """Per-prompt (B,) means of one guided step's diagnostics (kept on device until the end)."""
+def _collect(diag: dict, index: int, out, gstep: GuidanceStep, k: int, idx: Tensor) -> None:
+    """Per-prompt (B,) means of one guided step's diagnostics over its rows ``idx`` that were guided
+    (kept on device until the end)."""
     if out.weight is None:
         return
     b = gstep.tokens.shape[0] // k
     diag["step"].append(index)
-    prompt_of = torch.div(gstep.rows, k, rounding_mode="floor")      # (N,) prompt of each masked position
-    total = torch.zeros(b, device=out.weight.device).index_add(0, prompt_of, out.weight.float())
-    count = torch.zeros(b, device=out.weight.device).index_add(0, prompt_of, torch.ones_like(out.weight).float())
-    diag["weight"].append(total / count.clamp(min=1))
+
+    def per_prompt(values: Tensor, prompt_of: Tensor) -> Tensor:
+        total = torch.zeros(b, device=values.device).index_add(0, prompt_of, values.float())
+        count = torch.zeros(b, device=values.device).index_add(0, prompt_of, torch.ones_like(values).float())
+        return total / count.clamp(min=1)
+
+    diag["weight"].append(per_prompt(out.weight, torch.div(gstep.rows, k, rounding_mode="floor")))
     for key in ("reward_before", "reward_after"):
         value = getattr(out, key)
         if value is not None:
-            diag[key].append(value.detach().float().view(b, k).mean(1))
+            diag[key].append(per_prompt(value.detach(), torch.div(idx, k, rounding_mode="floor")))

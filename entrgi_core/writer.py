@@ -176,6 +176,8 @@ def summarize(records: list[dict], config: dict | None) -> dict:
         "mean_top1_reward": mean([r.get("best_reward") for r in records]),
         "mean_avg_reward": mean([r.get("avg_reward") for r in records]),
         "seconds_per_prompt": mean([r.get("seconds") for r in records]),
+        "mean_tokens_per_forward": mean([r.get("tokens_per_forward") for r in records]),
+        "mean_denoising_steps": mean([r.get("denoising_steps") for r in records]),
         "mean_entropy_weight_by_step": {s: sum(v) / len(v) for s, v in sorted(steps.items())},
         "vocabulary": (config or {}).get("vocabulary"),
         "compute": total_compute(records),

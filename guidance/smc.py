@@ -150,13 +150,14 @@ class SMC(Guidance):
         b, k = state.prompts, state.samples
         if update.proposal is not update.base:                         # importance factor p_base / q
             opts = dict(temperature=step.temperature, top_p=step.top_p, top_k=step.top_k)
-            lp = token_log_probs(update.base, update.sampled, **opts)    # (N,) -inf outside base's filters
-            lq = token_log_probs(update.proposal, update.sampled, **opts)
-            keep = update.committed & torch.isfinite(lq)              # every token committed at this step
-            state.log_weight.index_add_(0, step.rows, torch.where(keep, lp - lq, torch.zeros_like(lp)))
+            done = update.committed.nonzero().squeeze(1)               # every token committed at this step
+            lp = token_log_probs(update.base[done], update.sampled[done], **opts)    # -inf outside base's filters
+            lq = token_log_probs(update.proposal[done], update.sampled[done], **opts)
+            keep = torch.isfinite(lq)
+            state.log_weight.index_add_(0, step.rows[done], torch.where(keep, lp - lq, torch.zeros_like(lp)))
         at = self.reading(state, step, update)                         # (B,) prompts read at this step, or None
         if at is not None and self.weighs_reward:
-            r = self.intermediate_reward(step, update).double()        # (R,)
+            r = self.intermediate_reward(step, update, at.repeat_interleave(k)).double()   # (R,), NaN if not read
             if self.potential == "max" and state.reads:
                 new = torch.maximum(state.potential, r)
             elif self.potential == "sum":
@@ -189,38 +190,46 @@ class SMC(Guidance):
 
     def reading(self, state: Particles, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
         """(B,) bool: the prompts whose intermediate reward is read (and that may be resampled) at
-        this step, or None for none. Never once nothing is left masked (the end is scored as a
-        whole); ``resample_at="step"``: every prompt at steps 0, every, 2 every, ...;
-        ``"block"``: the prompts all of whose samples have just completed a block."""
-        if int((~update.committed).sum()) == 0:                        # host sync: anything left to read?
-            return None
+        this step, or None for none. Never a prompt with nothing left masked (its end is scored as
+        a whole); ``resample_at="step"``: at steps 0, every, 2 every, ...; ``"block"``: the prompts
+        all of whose samples have just completed a block. One host sync."""
         b, k = state.prompts, state.samples
+        left = torch.zeros(b * k, dtype=torch.long, device=update.tokens.device).index_add(
+            0, step.rows, (~update.committed).long())                  # (R,) positions still masked
+        at = left.view(b, k).sum(1) > 0                                # (B,) prompts not yet done
         if self.resample_at == "step":
-            return torch.ones(b, dtype=torch.bool, device=update.tokens.device) if step.index % self.every == 0 else None
-        done = update.blocks_done.view(b, k).min(1).values              # (B,) blocks all samples have completed
-        if state.blocks is None:
-            state.blocks = torch.zeros_like(done)
-        at = done > state.blocks
-        state.blocks = torch.maximum(state.blocks, done)
+            at &= step.index % self.every == 0
+        else:
+            done = update.blocks_done.view(b, k).min(1).values          # (B,) blocks all samples have completed
+            if state.blocks is None:
+                state.blocks = torch.zeros_like(done)
+            at &= done > state.blocks
+            state.blocks = torch.maximum(state.blocks, done)
         return at if bool(at.any()) else None
 
-    def intermediate_reward(self, step: GuidanceStep, update: StepUpdate) -> Tensor:
+    def intermediate_reward(self, step: GuidanceStep, update: StepUpdate, read: Tensor) -> Tensor:
         """Rewards (R,) of the canvas after the commit, its masked positions relaxed or completed
-        from the proposal's logits. One host sync (the still-masked positions)."""
-        left = ~update.committed
-        rows, cols, phi = step.rows[left], step.cols[left], update.proposal[left]
+        from the proposal's logits, for the rows ``read`` (R,) bool (NaN elsewhere: those rows cost
+        nothing). One host sync (the rows and positions read)."""
+        idx = read.nonzero().squeeze(1)                                # (n,)
+        local_row = read.long().cumsum(0) - 1
+        left = ~update.committed & read[step.rows]                     # still masked, in a row read
+        rows, cols, phi = local_row[step.rows[left]], step.cols[left], update.proposal[left]
+        sub = replace(step, side=step.side.rows(idx) if len(idx) < len(read) else step.side,
+                      tokens=update.tokens[idx], rows=rows, cols=cols, keys=step.keys[idx])
         with torch.no_grad():
             if self.intermediate == "hard":
-                tokens = update.tokens.index_put((rows, cols), phi.argmax(-1))
                 none = rows[:0]
-                done = replace(step, tokens=tokens, rows=none, cols=none)
-                return done.score(phi.new_zeros(0, step.table.shape[1]), phi[:0])
-            after = replace(step, tokens=update.tokens, rows=rows, cols=cols)
-            rel = self.proposal.relaxation(step) if self.proposal is not None else default_relaxation(step)
-            hard = after.hard_tokens(phi, -1, temperature=rel.temperature, top_p=rel.top_p)
-            out = relax_embeddings(phi, step.table, hard, gate=rel.gate, temperature=rel.temperature,
-                                   entropy_temperature=rel.entropy_temperature, validate=False)
-            return after.score(out.embeds, phi)
+                done = replace(sub, tokens=sub.tokens.index_put((rows, cols), phi.argmax(-1)), rows=none, cols=none)
+                rewards = done.score(phi.new_zeros(0, step.table.shape[1]), phi[:0])
+            else:
+                rel = self.proposal.relaxation(step) if self.proposal is not None else default_relaxation(step)
+                hard = sub.hard_tokens(phi, -1, temperature=rel.temperature, top_p=rel.top_p)
+                out = relax_embeddings(phi, step.table, hard, gate=rel.gate, temperature=rel.temperature,
+                                       entropy_temperature=rel.entropy_temperature, validate=False)
+                rewards = sub.score(out.embeds, phi)
+        return torch.full((len(read),), float("nan"), device=rewards.device, dtype=rewards.dtype).index_put(
+            (idx,), rewards)
 
     def report(self, state: Particles) -> dict[str, list]:
         """Per prompt: ``ess_by_step`` {step: ESS after the step's update, before resampling} and

@@ -20,13 +20,27 @@ from rewards.vocab import VocabAlignment, align_vocab
 
 @dataclass
 class RewardContext:
-    """Per-row state prepared once per batch (e.g. cached prompt prefix / suffix embeddings)."""
+    """Per-row state prepared once per batch (e.g. cached prompt prefix / suffix embeddings):
+    ``data`` holds tensors whose first dimension is the row (or lists and tuples of them)."""
 
     prompts: list[str]
     data: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def rows(self, idx: Tensor) -> "RewardContext":
+        """The context of rows ``idx`` (n,) only, without preparing anything again."""
+        n = len(self.prompts)
+
+        def take(value):
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+                return value[idx.to(value.device)]
+            if isinstance(value, (list, tuple)):
+                return type(value)(take(v) for v in value)
+            return value
+
+        return RewardContext([self.prompts[i] for i in idx.tolist()], {k: take(v) for k, v in self.data.items()})
 
 
 def pad_token_ids(rows: list[list[int]], device) -> tuple[Tensor, Tensor]:

@@ -59,7 +59,7 @@ class FixedReward(SMC):
         super().__init__(**kw)
         self.rewards = list(rewards)
 
-    def intermediate_reward(self, step, update):
+    def intermediate_reward(self, step, update, read):
         return torch.tensor(self.rewards.pop(0), dtype=torch.float64)
 
 

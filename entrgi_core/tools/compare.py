@@ -2,7 +2,8 @@
 
     entrgi compare [--config configs/tiny.yaml] [--seeds 0 1 2] [--budgets 4 8 16 32 64]
                    [--smc-k 2 4 8 16 32] [--only Best-of-N SMC] [--out outputs/compare]
-                   [any `entrgi predict` override, e.g. --reward.init_args.path P]
+                   [--decodings steps threshold entropy_bound threshold+cache entropy_bound+cache]
+                   [--cache-block 8] [any `entrgi predict` override, e.g. --reward.init_args.path P]
 
 Sweeps Best-of-N over K in ``--budgets``, each guided method over K and M (and the guided-step
 schedules), and SMC with each proposal over K particles in ``--smc-k``, over ``--seeds``, on the
@@ -10,8 +11,13 @@ config's prompts (any config: real models included); ``--only`` keeps the curves
 starts with one of its words. For
 every point it records per prompt the Top@1 and Avg@N reward, seconds and forward-equivalents
 (``entrgi_core.sampler.account``), and, on the tiny world, the oracle sentiment and validity of
-the Top@1 response. Writes ``frontier.json`` (every run), ``frontier.txt`` (mean +- SEM over
-seeds, the table printed) and ``frontier.png`` (reward against cost, log scale).
+the Top@1 response. ``--decodings`` runs every curve under each decoding: ``steps`` (the config's
+own schedule), ``threshold`` and ``entropy_bound`` (parallel commits at the config's parameters),
+and the same with the dual block KV cache (``+cache``, blocks of ``--cache-block``); the tables
+then show tokens per forward and read each decoding's curves at matched compute against its own
+Best-of-N, in forward-equivalents and in seconds. Writes ``frontier.json`` (every run),
+``frontier.txt`` (mean +- SEM over seeds, the table printed) and ``frontier.png`` (reward against
+cost, log scale).
 """
 from __future__ import annotations
 
@@ -36,14 +42,30 @@ SMC_K = (2, 4, 8, 16, 32)
 SMC_SETTINGS = dict(beta=0.03, ess_threshold=0.5, potential="difference", intermediate="relaxed", every=1)
 
 
+DECODINGS = {                 # sampler settings of each decoding, over the config's own
+    "steps": {},
+    "threshold": {"schedule": "threshold"},
+    "entropy_bound": {"schedule": "entropy_bound"},
+    "threshold+cache": {"schedule": "threshold", "cache": "dual"},
+    "entropy_bound+cache": {"schedule": "entropy_bound", "cache": "dual"},
+}
+
+
 @dataclass(frozen=True)
 class Method:
-    """One point of the sweep: a strategy factory at K samples."""
+    """One point of the sweep: a strategy factory at K samples, under one decoding."""
 
     family: str                  # the curve it belongs to
     label: str                   # this point
     k: int
     make: object = field(compare=False)   # () -> Guidance | None
+    decoding: str = "steps"
+
+    def under(self, decoding: str) -> "Method":
+        """This point under another decoding (its curve and label say which)."""
+        if decoding == "steps":
+            return self
+        return Method(f"{self.family} [{decoding}]", f"{self.label} [{decoding}]", self.k, self.make, decoding)
 
 
 def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3), smc_k=SMC_K) -> list[Method]:
@@ -74,12 +96,22 @@ def tiny_world_oracle(texts: list[str]) -> tuple[list[float], list[float]]:
     return [oracle_or_worst(t) for t in texts], [float(is_valid(t)) for t in texts]
 
 
+def decoding_config(base: DenoiseConfig, decoding: str, cache_block: int) -> DenoiseConfig:
+    """``base`` under a decoding of ``DECODINGS`` (a cache adds blocks of ``cache_block``)."""
+    over = dict(DECODINGS[decoding])
+    if "cache" in over:
+        over["block_length"] = cache_block
+    return DenoiseConfig(**{**base.to_dict(), **over})
+
+
 def run_point(model, reward, items: list[dict], base: DenoiseConfig, method: Method, seed: int, batch_size: int,
-              oracle: bool) -> dict:
+              oracle: bool, cache_block: int = 8) -> dict:
     """One method at one seed over all prompts: per-prompt means."""
-    cfg = DenoiseConfig(**{**base.to_dict(), "num_samples": method.k, "seed": seed})
+    cfg = DenoiseConfig(**{**decoding_config(base, method.decoding, cache_block).to_dict(), "num_samples": method.k,
+                           "seed": seed})
     strategy = method.make()
-    sums = {"top1": 0.0, "avg": 0.0, "seconds": 0.0, "forward_equivalents": 0.0, "oracle": 0.0, "valid": 0.0}
+    sums = {"top1": 0.0, "avg": 0.0, "seconds": 0.0, "forward_equivalents": 0.0, "tpf": 0.0, "oracle": 0.0,
+            "valid": 0.0}
     for i in range(0, len(items), batch_size):
         chunk = items[i: i + batch_size]
         res = generate(model, [it["prompt"] for it in chunk], reward=reward, guidance=strategy, config=cfg,
@@ -88,6 +120,7 @@ def run_point(model, reward, items: list[dict], base: DenoiseConfig, method: Met
         sums["avg"] += float(res.avg_reward.sum())
         sums["seconds"] += res.seconds
         sums["forward_equivalents"] += sum(res.compute["forward_equivalents"])
+        sums["tpf"] += sum(res.tokens_per_forward)
         if oracle:
             best = [res.texts[b][int(res.best_index[b])] for b in range(len(chunk))]
             o, v = tiny_world_oracle(best)
@@ -97,18 +130,19 @@ def run_point(model, reward, items: list[dict], base: DenoiseConfig, method: Met
     out = {key: value / n for key, value in sums.items()}
     if not oracle:
         out.pop("oracle"), out.pop("valid")
-    return {"family": method.family, "label": method.label, "k": method.k, "seed": seed, **out}
+    return {"family": method.family, "label": method.label, "k": method.k, "decoding": method.decoding, "seed": seed,
+            **out}
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
     """Mean and standard error over seeds of each point."""
     by = {}
     for r in runs:
-        by.setdefault((r["family"], r["label"], r["k"]), []).append(r)
+        by.setdefault((r["family"], r["label"], r["k"], r.get("decoding", "steps")), []).append(r)
     rows = []
-    for (family, label, k), rs in by.items():
-        row = {"family": family, "label": label, "k": k, "seeds": len(rs)}
-        for key in ("top1", "avg", "oracle", "valid", "seconds", "forward_equivalents"):
+    for (family, label, k, decoding), rs in by.items():
+        row = {"family": family, "label": label, "k": k, "decoding": decoding, "seeds": len(rs)}
+        for key in ("top1", "avg", "oracle", "valid", "seconds", "forward_equivalents", "tpf"):
             if key in rs[0]:
                 row[key], row[key + "_sem"] = mean_sem([r[key] for r in rs])
         rows.append(row)
@@ -117,32 +151,47 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     oracle = "oracle" in rows[0]
-    head = ["method", "fwd-eq / prompt", "s / prompt", "Top@1 reward", "Avg@N reward"] + \
-        (["oracle of Top@1", "valid Top@1"] if oracle else [])
+    several = len({r.get("decoding", "steps") for r in rows}) > 1
+    head = ["method", "fwd-eq / prompt", "s / prompt"] + (["tok / fwd"] if several else []) + \
+        ["Top@1 reward", "Avg@N reward"] + (["oracle of Top@1", "valid Top@1"] if oracle else [])
     cell = lambda r, k: pm(r[k], r[k + "_sem"] if r["seeds"] > 1 else None)  # noqa: E731
-    body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}", cell(r, "top1"), cell(r, "avg")] +
+    body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}"] +
+            ([f"{r['tpf']:.2f}"] if several else []) + [cell(r, "top1"), cell(r, "avg")] +
             ([cell(r, "oracle"), f"{r['valid']:.2f}"] if oracle else []) for r in rows]
     return report.table(head, body)
 
 
-def matched(rows: list[dict]) -> str:
+def matched(rows: list[dict], cost: str = "forward_equivalents") -> str:
     """At each Best-of-N budget, every other curve's best Top@1 among its points that cost no more
-    (forward-equivalents), with the oracle of that point when known: the matched-compute reading
-    of the frontier. "-" where a curve has no point that cheap."""
-    bon = sorted((r for r in rows if r["family"] == "Best-of-N"), key=lambda r: r["forward_equivalents"])
-    families = [f for f in dict.fromkeys(r["family"] for r in rows) if f != "Best-of-N"]
+    (``cost``: forward-equivalents or seconds), with the oracle of that point when known: the
+    matched-compute reading of the frontier, one table per decoding (each against its own
+    Best-of-N). "-" where a curve has no point that cheap."""
+    out = []
+    for decoding in dict.fromkeys(r.get("decoding", "steps") for r in rows):
+        mine = [r for r in rows if r.get("decoding", "steps") == decoding]
+        text = _matched_one(mine, cost)
+        if text:
+            out.append(text if decoding == "steps" else f"[{decoding}] " + text)
+    return "\n\n".join(out)
+
+
+def _matched_one(rows: list[dict], cost: str) -> str:
+    bon = sorted((r for r in rows if r["family"].startswith("Best-of-N")), key=lambda r: r[cost])
+    families = [f for f in dict.fromkeys(r["family"] for r in rows) if not f.startswith("Best-of-N")]
     if not bon or not families:
         return ""
     oracle = "oracle" in rows[0]
+    unit = "fwd-eq" if cost == "forward_equivalents" else "s"
     body = []
     for b in bon:
-        cells = [f"{b['forward_equivalents']:.0f} ({b['label']})", _cell(b, oracle)]
+        cells = [f"{b[cost]:.{0 if unit == 'fwd-eq' else 2}f} ({b['label'].split(' [')[0]})", _cell(b, oracle)]
         for fam in families:
-            fits = [r for r in rows if r["family"] == fam and r["forward_equivalents"] <= b["forward_equivalents"]]
+            fits = [r for r in rows if r["family"] == fam and r[cost] <= b[cost]]
             cells.append(_cell(max(fits, key=lambda r: r["top1"]), oracle) if fits else "-")
         body.append(cells)
-    note = "Top@1 (oracle) of each curve's best point costing at most the budget, K in brackets"
-    return note + "\n" + report.table(["budget (fwd-eq)", "Best-of-N"] + families, body, align="left")
+    note = f"Top@1 (oracle) of each curve's best point costing at most the budget ({unit}), K in brackets"
+    names = [f.split(" [")[0] for f in families]
+    return note + "\n" + report.table([f"budget ({unit})", "Best-of-N"] + names, body, align="left")
 
 
 def _cell(r: dict, oracle: bool) -> str:
@@ -161,10 +210,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         panels.append(("forward_equivalents", "oracle", "oracle sentiment of Top@1"))
     fig, axes = report.figure(len(panels))
     families = list(dict.fromkeys(r["family"] for r in rows))
-    others = [f for f in families if f != "Best-of-N"]
+    others = [f for f in families if not f.startswith("Best-of-N")]
     colours = colormaps["tab20"].resampled(max(len(others), 1))
     style = {fam: dict(color=colours(i), marker="os^vD<>ph*"[i % 10], lw=1) for i, fam in enumerate(others)}
-    style["Best-of-N"] = dict(color="black", marker="o", lw=2)
+    bons = [f for f in families if f.startswith("Best-of-N")]
+    for i, fam in enumerate(bons):                                   # Best-of-N in black, a line style per decoding
+        style[fam] = dict(color="black", marker="o", lw=2, ls=("-", "--", ":", "-.", (0, (5, 1)))[i % 5])
     for ax, (x, y, ylabel) in zip(axes, panels):
         for fam in families:
             pts = sorted((r for r in rows if r["family"] == fam), key=lambda r: r[x])
@@ -216,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="+", default=None, metavar="CURVE",
                     help="keep the curves whose name starts with one of these (e.g. Best-of-N SMC)")
     ap.add_argument("--prompts", type=int, default=None, help="use the first N prompts")
+    ap.add_argument("--decodings", nargs="+", default=["steps"], choices=list(DECODINGS),
+                    help="run every curve under each of these decodings")
+    ap.add_argument("--cache-block", type=int, default=8, help="block length of the +cache decodings")
     ap.add_argument("--out", type=Path, default=Path("outputs/compare"))
     ap.add_argument("--title", default=None)
     args, overrides = ap.parse_known_args(argv)
@@ -226,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("entrgi compare: --guided-m must be >= 0")
     if args.prompts is not None and args.prompts < 1:
         raise InputError("entrgi compare: --prompts must be >= 1")
+    if args.cache_block < 1:
+        raise InputError("entrgi compare: --cache-block must be >= 1")
     methods = default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)
     if args.only:
         methods = [m for m in methods if m.family.startswith(tuple(args.only))]
@@ -233,9 +289,12 @@ def main(argv: list[str] | None = None) -> None:
             families = sorted({m.family for m in default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)})
             raise InputError(f"entrgi compare: --only {' '.join(args.only)} keeps no curve; the curves are: "
                              f"{', '.join(families)}")
+    methods = [m.under(d) for d in args.decodings for m in methods]
     configs = args.config or ["configs/tiny.yaml"]
     config_args = [a for c in configs for a in ("--config", c)] + overrides
     model, reward, dm, base = load(config_args)
+    for decoding in args.decodings:                                  # refuse a decoding the model cannot run now
+        model.check(decoding_config(base, decoding, args.cache_block))
     items = dm.items[: args.prompts] if args.prompts else dm.items
     from entrgi_core import tinyworld
 
@@ -244,12 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     runs, t0 = [], time.perf_counter()
     for seed in args.seeds:
         for method in methods:
-            runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, oracle))
+            runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, oracle, args.cache_block))
             print(f"[compare] seed {seed} {method.label}: Top@1 {runs[-1]['top1']:+.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = aggregate(runs)
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
                           f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
-    text = table(rows) + ("\n\n" + matched(rows) if matched(rows) else "")
+    text = table(rows) + "".join("\n\n" + m for m in (matched(rows), matched(rows, "seconds")) if m)
     report.write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows},
                         lambda path: plot(rows, path, title))
