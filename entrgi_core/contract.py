@@ -22,7 +22,9 @@ from torch import Tensor, nn
 
 from entrgi_core import rng
 from entrgi_core.draws import sample_tokens
-from entrgi_core.reward_side import RewardSide
+from entrgi_core.errors import ScoreError
+from entrgi_core.ops import relax_embeddings
+from entrgi_core.reward_side import RewardPart, RewardSide
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,11 @@ def default_relaxation(step: "GuidanceStep") -> Relaxation:
 
 
 class Reading(NamedTuple):
-    """One reward-model forward over R rows: their rewards and the tokens each read."""
+    """One reading of the reward over R rows: their rewards, and the tokens each row's input had in
+    each differentiable reward model (one entry per ``side.parts``)."""
 
-    rewards: Tensor       # (R,)
-    tokens: Tensor        # (R,) int64 reward-model tokens of each row's input
+    rewards: Tensor                 # (R,)
+    tokens: tuple[Tensor, ...]      # per part: (R,) int64 reward-model tokens of each row's input
 
 
 def _field(owner: str, name: str, doc: str | None = None) -> property:
@@ -137,10 +140,15 @@ class GuidanceStep:
     def reward(self):
         return self.side.reward if self.side is not None else None
 
-    context = _field("side", "context")
-    vocab = _field("side", "vocab", "AlignedVocab: the generating model's tokens as reward-model inputs")
+    @property
+    def part(self) -> RewardPart:
+        """The one differentiable reward model (``side.only``)."""
+        return self.side.only
+
+    context = _field("part", "context")
+    vocab = _field("part", "vocab", "AlignedVocab: the generating model's tokens as reward-model inputs")
+    work = _field("part", "work", "the reward model's RewardWork counters")
     stop_ids = _field("side", "stop_ids", "(S,) ids that end a response")
-    work = _field("side", "work", "the generation's RewardWork counters")
     temperature = _field("sampling", "temperature")
     top_p = _field("sampling", "top_p")
     top_k = _field("sampling", "top_k")
@@ -148,12 +156,16 @@ class GuidanceStep:
     @property
     def table(self) -> Tensor:
         """(V, D) stand-in embeddings of the relaxation."""
-        return self.side.vocab.table
+        return self.part.vocab.table
 
     # --- random draws
     @cached_property
     def packed(self) -> PackedResponse:
-        return pack_response(self.vocab, self.tokens, self.rows, self.cols)
+        return self._packs[0]
+
+    @cached_property
+    def _packs(self) -> list[PackedResponse]:
+        return [pack_response(part.vocab, self.tokens, self.rows, self.cols) for part in self.side.parts]
 
     def uniforms(self, inner: int) -> Tensor:
         """(N,) uniforms for the hard samples of inner step ``inner``."""
@@ -166,11 +178,11 @@ class GuidanceStep:
                                  top_k=self.top_k)[0]
 
     # --- the reward model
-    def reward_inputs(self, relaxed: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
-        """RM inputs (R, L', D) with the masked positions' ``relaxed`` embeddings (N, D), and the
-        (R, L') prefix mask of the response: up to its first stop token, reading masked positions
-        as ``argmax(phi)``."""
-        pk = self.packed
+    def reward_inputs(self, relaxed: Tensor, phi: Tensor, part: int = 0) -> tuple[Tensor, Tensor]:
+        """Inputs (R, L', D) of reward model ``part`` with the masked positions' ``relaxed``
+        embeddings (N, D), and the (R, L') prefix mask of the response: up to its first stop token,
+        reading masked positions as ``argmax(phi)``."""
+        pk = self._packs[part]
         embeds = pk.base.to(relaxed.dtype).index_put((self.rows, pk.slots), relaxed)
         cand = self.tokens.index_put((self.rows, self.cols), phi.detach().argmax(-1))
         stop = torch.isin(cand, self.stop_ids)                                      # (R, L)
@@ -181,18 +193,64 @@ class GuidanceStep:
         return embeds, keep
 
     def read(self, relaxed: Tensor, phi: Tensor) -> Reading:
-        """One reward-model forward of the canvas with the masked positions relaxed to ``relaxed``
-        (N, D), counted in ``work``. A caller that differentiates the rewards counts its backward
-        where it runs it: ``step.work.add_backward(reading.tokens)``."""
-        embeds, keep = self.reward_inputs(relaxed, phi)
-        rewards = self.reward.score_embeds(self.context, embeds, keep)
-        tokens = self.side.tokens_read(keep)
-        self.work.add_forward(tokens)
-        return Reading(rewards, tokens)
+        """One forward of the (one) reward model on the canvas with the masked positions relaxed to
+        ``relaxed`` (N, D), counted in ``work``; count a backward where it runs
+        (``step.count_backward(reading)``)."""
+        return self._read_part(0, relaxed, phi)
+
+    def _read_part(self, i: int, relaxed: Tensor, phi: Tensor) -> Reading:
+        part = self.side.parts[i]
+        embeds, keep = self.reward_inputs(relaxed, phi, i)
+        rewards = part.reward.score_embeds(part.context, embeds, keep)
+        tokens = part.tokens_read(keep)
+        part.work.add_forward(tokens)
+        return Reading(rewards, (tokens,))
+
+    def read_relaxed(self, phi: Tensor, hard: Tensor, relaxation: Relaxation) -> tuple[Reading, Tensor]:
+        """The reward (R,) of the canvas with every masked position relaxed from ``phi`` (N, V) with
+        hard samples ``hard`` (N,): the weighted sum over the reward's differentiable terms, each
+        relaxed in its own model's embeddings (gradients flow through every term); and the gate
+        weights (N,). One forward of each model, counted."""
+        total, tokens, weight = 0.0, [], None
+        for i, part in enumerate(self.side.parts):
+            out = relax_embeddings(phi, part.vocab.table, hard, gate=relaxation.gate, temperature=relaxation.temperature,
+                                   entropy_temperature=relaxation.entropy_temperature, validate=False)
+            reading = self._read_part(i, out.embeds, phi)
+            total = total + part.weight * reading.rewards
+            tokens.append(reading.tokens[0])
+            weight = out.weight if weight is None else weight
+        return Reading(total, tuple(tokens)), weight
+
+    def count_backward(self, reading: Reading) -> None:
+        """One backward through every model of ``reading``."""
+        for part, tokens in zip(self.side.parts, reading.tokens):
+            part.work.add_backward(tokens)
 
     def score(self, relaxed: Tensor, phi: Tensor) -> Tensor:
         """Rewards (R,) of the canvas with the masked positions relaxed to ``relaxed`` (N, D)."""
         return self.read(relaxed, phi).rewards
+
+    def read_text(self, tokens: Tensor, scorer=None) -> Tensor:
+        """Rewards (R,) of the rows' responses ``tokens`` (R, L) as text, by ``scorer`` (default: the
+        generation's reward), counted as text readings. One host sync (the decoding)."""
+        scorer = scorer if scorer is not None else self.side.reward
+        texts = [self.side.decode(row) for row in tokens.tolist()]
+        names = self.side.prompt_ids if self.side.prompt_ids is not None else self.side.prompts
+        try:
+            rewards = torch.as_tensor(scorer.score_text(self.side.prompts, texts), dtype=torch.float32)
+        except ScoreError as exc:
+            rows = exc.rows or range(len(texts))
+            raise ScoreError(f"{scorer.name!r} could not score the partial responses of prompt id(s) "
+                             f"{list(dict.fromkeys(names[r] for r in rows))}: {exc}", rows=exc.rows) from exc
+        bad = (~torch.isfinite(rewards)).nonzero()[:, 0].tolist()
+        if bad:
+            raise ScoreError(f"{scorer.name!r} returned a non-finite score for the partial responses of prompt id(s) "
+                             f"{list(dict.fromkeys(names[r] for r in bad))}", rows=bad)
+        rewards = rewards.to(tokens.device)
+        read = [scorer.text_tokens(p, t) for p, t in zip(self.side.prompts, texts)]
+        self.side.text_work.add_forward(torch.tensor(read, dtype=torch.long, device=tokens.device),
+                                        parameters=getattr(scorer, "num_parameters", 0))
+        return rewards
 
 
 @dataclass(frozen=True)
@@ -243,6 +301,12 @@ class Guidance(nn.Module, abc.ABC):
     def guides(self, step: GuidanceStep, phi: Tensor) -> bool:
         """Whether ``refine`` runs at ``step`` on the masked positions' logits ``phi`` (N, V)."""
         return self.needs_reward and phi.shape[0] > 0 and self.active(step.index, step.total)
+
+    @property
+    def reads_embeddings(self) -> bool:
+        """Whether it reads the reward on relaxed embeddings (and so needs a differentiable reward
+        with a vocabulary alignment), rather than on text or not at all."""
+        return self.needs_reward
 
     @property
     def uses_total(self) -> bool:

@@ -106,6 +106,11 @@ class DiffusionModel(nn.Module):
                 out.append(tok(p)["input_ids"])
         return out
 
+    def save_pretrained(self, path) -> None:
+        """Weights, config and tokenizer to ``path``, loadable as ``type(self)(path)``."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
 
@@ -168,6 +173,20 @@ class DiffusionLM(DiffusionModel):
         cut = ids[: first_stop(ids, self.stop_ids)]
         return self.decode([t for t in cut if t != self.mask_id])
 
+    def canvas(self, encoded: list[list[int]], length: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Left-padded canvases (B, W + length) on the CPU: each prompt of ``encoded`` ending at
+        column W (the longest), then ``length`` masked response positions; their bool attention
+        mask and position ids; and W."""
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width + length), self.pad_id, dtype=torch.long)
+        attn = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, e in enumerate(encoded):
+            ids[i, width - len(e): width] = torch.tensor(e, dtype=torch.long)
+            attn[i, width - len(e):] = True
+        ids[:, width:] = self.mask_id
+        pos = (attn.long().cumsum(1) - 1).clamp(min=0)
+        return ids, attn, pos, width
+
     def forward_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
         """The model's raw logits (B, Q, V) for the columns ``input_ids`` (B, Q); ``attention_mask``
         (B, S) covers every key column (with a ``cache``, the cached ones as well)."""
@@ -190,6 +209,10 @@ class DiffusionLM(DiffusionModel):
     def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
         """(B, S, V) logits predicting the token at each position of the canvas (B, S); a ``cache``
         given is filled with every layer's keys and values."""
+        return self.position_logits(input_ids, attention_mask, position_ids, cache)
+
+    def position_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
+        """``logits`` with autograd (training, ``entrgi_core.likelihood``)."""
         args = (input_ids, attention_mask, position_ids)
         out = self.forward_logits(*args) if cache is None else self.forward_logits(*args, cache=cache)
         if self.shift_logits:

@@ -7,6 +7,8 @@ trained: the models are frozen and there is no optimizer. Guidance needs autogra
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -27,12 +29,15 @@ class GuidedDenoiser(L.LightningModule):
     """
 
     def __init__(self, model: DiffusionModel, reward=None, guidance: Guidance | None = None,
-                 config: DenoiseConfig | None = None, diagnose: bool = False):
+                 config: DenoiseConfig | None = None, diagnose: bool = False, select=None,
+                 judges: Optional[list[torch.nn.Module]] = None):
         super().__init__()
         self.model = model
         self.reward = reward
         self.guidance = guidance
-        self.plan = Plan.check(model, reward, guidance, config)     # every settings check, once
+        self.select = select
+        self.judges = torch.nn.ModuleList(judges or [])                 # moved to the device with the module
+        self.plan = Plan.check(model, reward, guidance, config, select=select, judges=list(self.judges))  # once
         self.config = self.plan.config
         self.diagnose = diagnose
         self._prompts_checked = False
@@ -49,26 +54,33 @@ class GuidedDenoiser(L.LightningModule):
     def run_config(self) -> dict:
         """What determines the predictions: used for hparams, summary.json and the resume check.
         A guided run computes the vocabulary alignment here, so poor coverage fails at once."""
-        vocab = None
-        if self.guided:
-            vocab = self.reward.alignment(self.model.tokenizer, self.model.vocab_size).report()
+        reports = {term.name: term.alignment(self.model.tokenizer, self.model.vocab_size).report()
+                   for _, term in self._guiding_terms()}
+        vocab = next(iter(reports.values())) if len(reports) == 1 else (reports or None)
         return {
             "method": self.method,
             "model": getattr(self.model, "name", type(self.model).__name__),
-            "reward": getattr(self.reward, "name", type(self.reward).__name__) if self.reward is not None else None,
+            "reward": self.reward.identity() if self.reward is not None else None,
+            "select": self.select.identity() if self.select is not None else None,
+            "judges": [j.identity() for j in self.judges],
             "guidance": self.guidance.settings() if self.guidance is not None else None,
             "config": self.config.to_dict(),
             "diagnose": self.diagnose,
             "vocabulary": vocab,
         }
 
+    def _guiding_terms(self) -> list:
+        """The reward models guidance reads through embeddings (none when unguided)."""
+        reads = self.guided and self.guidance.reads_embeddings
+        return self.reward.parts() if reads else []
+
     def setup(self, stage: str) -> None:
         """Before anything runs: the alignment report, and every prompt of the data module within the
         models' position limits (one clear error naming the offending prompt ids otherwise); batches
         are not checked again."""
-        if self.guided:
-            al = self.reward.alignment(self.model.tokenizer, self.model.vocab_size)
-            rank_zero_info(f"[entrgi] vocabulary alignment {self.model.name} -> {self.reward.name}: {al.summary()}")
+        for _, term in self._guiding_terms():
+            al = term.alignment(self.model.tokenizer, self.model.vocab_size)
+            rank_zero_info(f"[entrgi] vocabulary alignment {self.model.name} -> {term.name}: {al.summary()}")
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         items = getattr(dm, "items", None)
         if items:

@@ -1,11 +1,12 @@
 """The checks of a generation, with one owner.
 
-``Plan.check(model, reward, guidance, config)`` runs every check that depends on the settings
-once, before any model compute: the reward model is there when the strategy reads it, the
-strategy can work with the sampler's settings, the model can honour them (``model.check``), and
-the vocabulary alignment covers the dLLM's tokens. ``plan.batch(prompts, ids)`` checks what
-depends on the prompts (strings, not empty, within both models' position limits) and encodes
-them. ``generate`` does both; ``GuidedDenoiser`` checks its plan once on construction and its
+``Plan.check(model, reward, guidance, config, select=, judges=)`` runs every check that depends
+on the settings once, before any model compute: the reward is there when the strategy reads it,
+and differentiable when the strategy differentiates it, the strategy can work with the sampler's
+settings, the model can honour them (``model.check``), the vocabulary alignment covers the
+dLLM's tokens for every reward model guidance reads, and the selector and judges score text.
+``plan.batch(prompts, ids)`` checks what depends on the prompts (strings, not empty, within both
+models' position limits) and encodes them. ``generate`` does both; ``GuidedDenoiser`` checks its plan once on construction and its
 data module's prompts once in ``setup``, so no check runs again per batch.
 """
 from __future__ import annotations
@@ -19,29 +20,46 @@ from entrgi_core.errors import InputError
 @dataclass(frozen=True)
 class Plan:
     model: object                 # a DiffusionModel
-    reward: object | None         # a RewardAdapter (None: nothing is scored)
+    reward: object | None         # a RewardAdapter: guides (None: unguided and, without a selector, unscored)
     guidance: object | None       # a Guidance strategy (None: unguided)
     config: DenoiseConfig
-    vocab: object | None          # AlignedVocab of the dLLM's tokens when the strategy reads the reward model
+    max_pieces: int = 1           # the most reward-model tokens one dLLM token takes (over the models guidance reads)
+    select: object | None = None  # picks Top@1 (None: the reward)
+    judges: tuple = ()            # score the final responses only (evaluation)
 
     @property
     def guided(self) -> bool:
-        """Whether the strategy reads the reward model during sampling."""
+        """Whether the strategy reads the reward during sampling."""
         return self.guidance is not None and self.guidance.needs_reward
 
+    @property
+    def selector(self):
+        """What picks Top@1: ``select``, else the reward (None: no Top@1)."""
+        return self.select if self.select is not None else self.reward
+
     @classmethod
-    def check(cls, model, reward=None, guidance=None, config: DenoiseConfig | None = None) -> "Plan":
+    def check(cls, model, reward=None, guidance=None, config: DenoiseConfig | None = None, *, select=None,
+              judges=None) -> "Plan":
         cfg = config if config is not None else DenoiseConfig()
         if not isinstance(cfg, DenoiseConfig):
             raise InputError(f"config must be a DenoiseConfig, got {type(cfg).__name__}")
         guided = guidance is not None and guidance.needs_reward
         if guided and reward is None:
             raise InputError(f"{type(guidance).__name__} needs a reward model (reward=None)")
+        if guided and guidance.reads_embeddings and not reward.parts():
+            raise InputError(f"{type(guidance).__name__} differentiates its reward, and {reward.name!r} scores text "
+                             "only. Give it a differentiable reward adapter (e.g. rewards.HFRewardModel), or use the "
+                             "text reward as select=..., in judges=[...], as Best-of-N's reward (no guidance) or in "
+                             "SMC(intermediate='hard')")
+        judges = check_scorers(select, judges)
         if guided:
             guidance.check(cfg.temperature, cfg.top_p)
         model.check(cfg, guidance)
-        vocab = reward.aligned(model.tokenizer, model.vocab_size) if guided else None
-        return cls(model=model, reward=reward, guidance=guidance, config=cfg, vocab=vocab)
+        pieces = 1
+        if guided and guidance.reads_embeddings:                       # the alignments' coverage checks, once
+            pieces = max(term.aligned(model.tokenizer, model.vocab_size).max_pieces for _, term in reward.parts())
+        return cls(model=model, reward=reward, guidance=guidance, config=cfg, max_pieces=pieces, select=select,
+                   judges=judges)
 
     def batch(self, prompts, prompt_ids: list | None = None, *, check_lengths: bool = True) -> "Batch":
         """The prompts checked and encoded; ``prompt_ids`` default to their positions."""
@@ -55,9 +73,23 @@ class Plan:
         return Batch(prompts, ids, encoded)
 
     def check_lengths(self, prompts: list[str], ids: list, encoded: list[list[int]]) -> None:
-        check_prompt_lengths(self.model, encoded, ids, self.config.max_new_tokens,
-                             reward=self.reward, prompts=prompts,
-                             max_pieces=self.vocab.max_pieces if self.vocab is not None else 1)
+        models = [term for _, term in self.reward.parts()] if self.reward is not None else [None]
+        for term in models or [None]:
+            check_prompt_lengths(self.model, encoded, ids, self.config.max_new_tokens, reward=term, prompts=prompts,
+                                 max_pieces=self.max_pieces)
+
+
+def check_scorers(select, judges) -> tuple:
+    """The selector and the judges score text; judges have distinct names (records are keyed by them)."""
+    judges = tuple(judges or ())
+    for role, scorer in [("select", select)] + [("judge", j) for j in judges]:
+        if scorer is not None and not callable(getattr(scorer, "score_text", None)):
+            raise InputError(f"{role} must be a reward adapter with score_text (e.g. rewards.TextReward), got "
+                             f"{type(scorer).__name__}")
+    names = [j.name for j in judges]
+    if len(set(names)) != len(names):
+        raise InputError(f"judges need distinct names (records are keyed by them), got {names}")
+    return judges
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,16 @@ SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence"
 
 
 def generate(model, prompts: list[str], *, reward=None, guidance=None, config: DenoiseConfig | None = None,
-             prompt_ids: list | None = None, diagnose: bool = False) -> GenerationResult:
+             prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None) -> GenerationResult:
     """K responses for each prompt, guided by ``reward`` through ``guidance`` (None: unguided).
 
-    ``prompt_ids`` (default: the prompts' positions) seed each prompt's random draws together with
-    ``config.seed``. ``reward`` may be None only for unguided sampling, and then no rewards are
-    reported. ``diagnose`` adds the diagnostics that cost compute (reward after each update).
+    ``select`` picks Top@1 (default: the reward); ``judges`` only score the final responses
+    (evaluation; they never change the samples). ``prompt_ids`` (default: the prompts' positions)
+    seed each prompt's random draws together with ``config.seed``. ``reward`` may be None only
+    for unguided sampling. ``diagnose`` adds the diagnostics that cost compute (reward after each
+    update).
     """
-    plan = Plan.check(model, reward, guidance, config)
+    plan = Plan.check(model, reward, guidance, config, select=select, judges=judges)
     return run(plan, plan.batch(prompts, prompt_ids), diagnose=diagnose)
 
 
@@ -97,19 +99,14 @@ def start(plan: Plan, batch: Batch) -> Rows:
     """The left-padded canvases of all rows, their keys, and the generation's reward side."""
     model, cfg, k = plan.model, plan.config, plan.config.num_samples
     device = model.device
-    width = max(len(e) for e in batch.encoded)
-    ids = torch.full((len(batch), width + cfg.max_new_tokens), model.pad_id, dtype=torch.long)
-    attn = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, e in enumerate(batch.encoded):
-        ids[i, width - len(e): width] = torch.tensor(e, dtype=torch.long)
-        attn[i, width - len(e):] = True
-    ids[:, width:] = model.mask_id
-    pos = (attn.long().cumsum(1) - 1).clamp(min=0)
+    ids, attn, pos, width = model.canvas(batch.encoded, cfg.max_new_tokens)
     rep = lambda t: t.repeat_interleave(k, dim=0).to(device)  # noqa: E731
     side = None
     if plan.guided:
         side = RewardSide.build(plan.reward, [q for q in batch.prompts for _ in range(k)], tokenizer=model.tokenizer,
-                                vocab_size=model.vocab_size, stop_ids=model.stop_ids, device=device)
+                                vocab_size=model.vocab_size, stop_ids=model.stop_ids, device=device,
+                                decode=model.response_text, select=plan.selector,
+                                prompt_ids=[i for i in batch.prompt_ids for _ in range(k)])
     g, r = plan.guidance, len(batch) * k
     zeros = torch.zeros(r, dtype=torch.long, device=device)
     return Rows(ids=rep(ids), attn=rep(attn), pos=rep(pos), width=width,
@@ -278,7 +275,7 @@ def rollout(plan: Plan, batch: Batch, rows: Rows, *, diagnose: bool = False) -> 
     tokens = rows.response.reshape(len(batch), k, length).cpu()
     forwards = rows.forwards.view(len(batch), k)
     dlm_work = list(zip(forwards.sum(1).tolist(), rows.tokens.view(len(batch), k).sum(1).tolist()))
-    rm_work = rows.side.work.per_prompt(k) if rows.side is not None else [{} for _ in range(len(batch))]
+    rm_work = rows.side.per_prompt(k) if rows.side is not None else [{} for _ in range(len(batch))]
     diag = {key: torch.stack(v, 1).cpu() if v else None for key, v in rows.diag.items() if key != "step"}
     particles = plan.guidance.report(rows.particles) if rows.particles is not None and diagnose else {}
     return Rollout(tokens=tokens, dlm_work=dlm_work, rm_work=rm_work, steps=forwards.max(1).values.tolist(),

@@ -18,7 +18,6 @@ from entrgi_core import checks
 from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, Reading, Relaxation
 from entrgi_core.draws import neg_entropy
 from entrgi_core.errors import InputError
-from entrgi_core.ops import relax_embeddings
 
 __all__ = ["Guidance", "GuidanceOutput", "GuidanceStep", "GatedGuidance"]
 
@@ -122,9 +121,7 @@ class GatedGuidance(Guidance):
         with inner step ``inner``'s hard sample, and the gate weights (N,)."""
         rel = self.relaxation(step)
         hard = step.hard_tokens(phi, inner, temperature=rel.temperature, top_p=rel.top_p)
-        out = relax_embeddings(phi, step.table, hard, gate=rel.gate, temperature=rel.temperature,
-                               entropy_temperature=rel.entropy_temperature, validate=False)
-        return step.read(out.embeds, phi), out.weight
+        return step.read_relaxed(phi, hard, rel)
 
     def relaxed_reward(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Tensor, Tensor]:
         """Rewards (R,) of the relaxed input and the gate weights (N,) (see ``relaxed_reading``)."""
@@ -144,7 +141,7 @@ class GatedGuidance(Guidance):
                     weight, before = w.detach(), reading.rewards.detach()
                 opt.zero_grad(set_to_none=True)
                 (-reading.rewards.sum()).backward()
-                step.work.add_backward(reading.tokens)
+                step.count_backward(reading)
                 opt.step()
         after = None
         if step.diagnose:

@@ -1,6 +1,7 @@
 """Sequential Monte Carlo over a prompt's K samples, with any strategy as the proposal.
 
-The K samples of a prompt are particles aimed at ``p_base(x | prompt) * exp(R(x) / beta)``.
+The K samples of a prompt are particles aimed at ``p_base(x | prompt) * exp(R(x) / beta)``, or,
+by default (``beta=None``), tempered adaptively so that no reward scale has to be guessed.
 Every denoising step the proposal (``None``: the model itself, i.e. FK steering; or Expectation,
 APS, EntRGi) refines the logits the sampler draws from; each committed token multiplies its
 particle's weight by ``p_base(token) / q_proposal(token)`` (both under the sampler's temperature,
@@ -13,6 +14,13 @@ the argmax of the proposal's logits), and the weights take the increment of the 
   of the last reward read, so the target is exact up to that reward being intermediate;
 - ``"max"``: the intermediate targets use ``exp(max_s r_s / beta)`` (increments of the running max);
 - ``"sum"``: they use ``exp(sum_s r_s / beta)`` (increment ``exp(r_t / beta)``).
+
+**Adaptive tempering** (``beta=None``, the default): a reward model's scale is arbitrary (Skywork's
+spans tens of units, a verifier 0 or 1), so no fixed beta can be a default. Each reading's
+increment is instead weighted by the largest inverse temperature (up to ``ADAPTIVE_MAX``) whose
+reweighting keeps the prompt's ESS at ``ess_threshold * K`` or above, found by bisection per
+prompt; where that bound holds, the prompt is resampled. The weighting is then relative to the
+spread of the particles' rewards, on any scale; a fixed ``beta`` keeps the exact target above.
 
 When a prompt's effective sample size ``(sum w)^2 / sum w^2`` is at most ``ess_threshold * K``
 its particles are resampled (systematic resampling, one uniform per prompt and step from the
@@ -33,9 +41,10 @@ from entrgi_core import checks, rng
 from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, StepUpdate, default_relaxation
 from entrgi_core.draws import token_log_probs
 from entrgi_core.errors import InputError
-from entrgi_core.ops import relax_embeddings
 
 POTENTIALS = ("difference", "max", "sum")
+ADAPTIVE_MAX = 1e4           # the largest inverse temperature adaptive tempering may pick
+ADAPTIVE_ITERATIONS = 40     # bisection steps (relative precision 2^-40 of ADAPTIVE_MAX)
 INTERMEDIATE = ("relaxed", "hard")
 
 
@@ -59,12 +68,14 @@ class SMC(Guidance):
 
     Args:
         proposal: the strategy that refines each step's logits (None: the model's own, FK steering).
-        beta: temperature of the target ``p_base * exp(R / beta)``; ``float("inf")`` reweights by
-            the importance factors only (and with no proposal never resamples).
+        beta: None (default): adaptive tempering (see the module docstring); a number: the
+            temperature of the target ``p_base * exp(R / beta)``; ``float("inf")`` reweights by the
+            importance factors only (and with no proposal never resamples).
         potential: "difference", "max" or "sum".
         intermediate: the reward of a partial sample: "relaxed" (masked positions as the proposal's
             gated relaxation; EntRGi's gate when the proposal has none) or "hard" (each masked
-            position completed by the argmax of the proposal's logits).
+            position completed by the argmax of the proposal's logits; read as text when the reward
+            is text-only or ``read_with="select"``).
         every: read the intermediate reward, and consider resampling, every k-th denoising step taken
             (steps 0, k, 2k, ..., as ``every`` counts in every strategy; never once nothing is left
             masked: the end is scored as a whole).
@@ -74,30 +85,36 @@ class SMC(Guidance):
         resample_at: "step" (read and resample on the steps ``every`` picks) or "block" (only where
             all of a prompt's samples have just completed a block, as Self-Rewarding SMC does, so a
             block cache stays valid; ``every`` then does not apply).
+        read_with: "reward" (the generation's reward reads the intermediate potential) or "select"
+            (its selector, e.g. a verifier, reads the argmax completion as text; needs
+            intermediate="hard").
     """
 
     name = "smc"
     particles = True
 
-    def __init__(self, proposal: Guidance | None = None, beta: float = 1.0, potential: str = "difference",
+    def __init__(self, proposal: Guidance | None = None, beta: float | None = None, potential: str = "difference",
                  intermediate: str = "relaxed", every: int = 1, ess_threshold: float = 0.5,
-                 scheme: str = "systematic", resample_at: str = "step"):
+                 scheme: str = "systematic", resample_at: str = "step", read_with: str = "reward"):
         super().__init__()
         if proposal is not None and not isinstance(proposal, Guidance):
             raise InputError(f"SMC: proposal must be a guidance strategy or None, got {type(proposal).__name__}")
         if isinstance(proposal, SMC):
             raise InputError("SMC: the proposal cannot itself be SMC")
         beta = checks.real(beta, who="SMC", name="beta", rule="be > 0 (float('inf'): no reward weighting)",
-                           ok=lambda v: v > 0, finite=False)
+                           ok=lambda v: v > 0, finite=False, none_means="adaptive tempering")
         checks.one_of(potential, POTENTIALS, who="SMC", name="potential")
         checks.one_of(intermediate, INTERMEDIATE, who="SMC", name="intermediate")
         every = checks.integer(every, who="SMC", name="every", minimum=1)
         ess_threshold = checks.fraction(ess_threshold, who="SMC", name="ess_threshold")
         checks.one_of(scheme, ("systematic",), who="SMC", name="scheme")
         checks.one_of(resample_at, ("step", "block"), who="SMC", name="resample_at")
-        self.resample_at = resample_at
+        checks.one_of(read_with, ("reward", "select"), who="SMC", name="read_with")
+        if read_with == "select" and intermediate != "hard":
+            raise InputError("SMC: read_with='select' scores the argmax completion as text: it needs intermediate='hard'")
+        self.resample_at, self.read_with = resample_at, read_with
         self.proposal = proposal
-        self.beta = float(beta)
+        self.beta = beta
         self.potential, self.intermediate, self.every = potential, intermediate, every
         self.ess_threshold, self.scheme = float(ess_threshold), scheme
 
@@ -105,7 +122,12 @@ class SMC(Guidance):
 
     @property
     def weighs_reward(self) -> bool:
-        return math.isfinite(self.beta)
+        return self.beta is None or math.isfinite(self.beta)
+
+    @property
+    def reads_embeddings(self) -> bool:
+        return (self.proposal is not None and self.proposal.reads_embeddings) or \
+            (self.weighs_reward and self.intermediate == "relaxed")
 
     @property
     def needs_reward(self) -> bool:
@@ -135,7 +157,7 @@ class SMC(Guidance):
         return {**super().settings(), "proposal": self.proposal.settings() if self.proposal is not None else None,
                 "beta": self.beta, "potential": self.potential, "intermediate": self.intermediate,
                 "every": self.every, "ess_threshold": self.ess_threshold, "scheme": self.scheme,
-                "resample_at": self.resample_at}
+                "resample_at": self.resample_at, "read_with": self.read_with}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k not in ("class", "proposal"))
@@ -156,6 +178,7 @@ class SMC(Guidance):
             keep = torch.isfinite(lq)
             state.log_weight.index_add_(0, step.rows[done], torch.where(keep, lp - lq, torch.zeros_like(lp)))
         at = self.reading(state, step, update)                         # (B,) prompts read at this step, or None
+        binding = None                                                 # (B,) adaptive: the ESS target held the weight
         if at is not None and self.weighs_reward:
             r = self.intermediate_reward(step, update, at.repeat_interleave(k)).double()   # (R,), NaN if not read
             if self.potential == "max" and state.reads:
@@ -165,7 +188,8 @@ class SMC(Guidance):
             else:                                                      # difference, or the first max
                 new = r
             new = torch.where(at.repeat_interleave(k), new, state.potential)
-            state.log_weight += (new - state.potential) / self.beta
+            inverse, binding = self.inverse_temperature(state.log_weight.view(b, k), (new - state.potential).view(b, k))
+            state.log_weight += inverse.repeat_interleave(k) * (new - state.potential)
             state.potential = new
             state.reads += 1
         lw = state.log_weight.view(b, k)
@@ -178,6 +202,8 @@ class SMC(Guidance):
             state.resampled.append(torch.zeros_like(ess, dtype=torch.bool))
             return None
         resample = at & (ess <= self.ess_threshold * k)                # (B,)
+        if binding is not None:                                        # adaptive: reweighted down to the threshold
+            resample |= at & binding
         u = rng.uniform(rng.derive(step.keys[::k], rng.RESAMPLE, step.index))   # (B,) one per prompt
         picked = systematic(w, u)                                      # (B, K) within-prompt ancestors
         own = torch.arange(k, device=w.device).expand(b, k)
@@ -187,6 +213,30 @@ class SMC(Guidance):
         state.potential = state.potential[ancestors]
         state.resampled.append(resample)
         return ancestors
+
+    def inverse_temperature(self, log_weight: Tensor, increment: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B,) the weight 1/beta of this reading's potential increment (B, K) per prompt: 1 / beta,
+        or (adaptive, beta=None) the largest one up to ``ADAPTIVE_MAX`` whose reweighting keeps the
+        ESS at ``ess_threshold * K`` or above (bisection, on the device, no host sync); and, when
+        adaptive, (B,) whether that bound held it (those prompts are then resampled)."""
+        if self.beta is not None:
+            return torch.full(log_weight.shape[:1], 1.0 / self.beta, dtype=torch.float64, device=log_weight.device), None
+        k = log_weight.shape[1]
+        target = self.ess_threshold * k
+        increment = torch.nan_to_num(increment, nan=0.0)
+
+        def ess(inverse):
+            w = torch.softmax(log_weight + inverse[:, None] * increment, dim=1)
+            return 1.0 / (w * w).sum(1)
+
+        lo = torch.zeros(log_weight.shape[0], dtype=torch.float64, device=log_weight.device)
+        hi = torch.full_like(lo, ADAPTIVE_MAX)
+        ok = ess(hi) >= target                                         # even the largest keeps the ESS
+        for _ in range(ADAPTIVE_ITERATIONS):
+            mid = (lo + hi) / 2
+            good = ess(mid) >= target
+            lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
+        return torch.where(ok, torch.full_like(lo, ADAPTIVE_MAX), lo), ~ok
 
     def reading(self, state: Particles, step: GuidanceStep, update: StepUpdate) -> Tensor | None:
         """(B,) bool: the prompts whose intermediate reward is read (and that may be resampled) at
@@ -218,16 +268,19 @@ class SMC(Guidance):
         sub = replace(step, side=step.side.rows(idx) if len(idx) < len(read) else step.side,
                       tokens=update.tokens[idx], rows=rows, cols=cols, keys=step.keys[idx])
         with torch.no_grad():
-            if self.intermediate == "hard":
-                none = rows[:0]
-                done = replace(sub, tokens=sub.tokens.index_put((rows, cols), phi.argmax(-1)), rows=none, cols=none)
-                rewards = done.score(phi.new_zeros(0, step.table.shape[1]), phi[:0])
+            if self.intermediate == "hard":                            # every masked position by its argmax
+                done = sub.tokens.index_put((rows, cols), phi.argmax(-1))
+                if self.read_with == "select" or not step.side.parts:   # a text reward, or the selector
+                    scorer = step.side.select if self.read_with == "select" else None
+                    rewards = sub.read_text(done, scorer)
+                else:
+                    none = rows[:0]
+                    rewards = replace(sub, tokens=done, rows=none, cols=none).read_relaxed(
+                        phi[:0], none, default_relaxation(sub))[0].rewards
             else:
                 rel = self.proposal.relaxation(step) if self.proposal is not None else default_relaxation(step)
                 hard = sub.hard_tokens(phi, -1, temperature=rel.temperature, top_p=rel.top_p)
-                out = relax_embeddings(phi, step.table, hard, gate=rel.gate, temperature=rel.temperature,
-                                       entropy_temperature=rel.entropy_temperature, validate=False)
-                rewards = sub.score(out.embeds, phi)
+                rewards = sub.read_relaxed(phi, hard, rel)[0].rewards
         return torch.full((len(read),), float("nan"), device=rewards.device, dtype=rewards.dtype).index_put(
             (idx,), rewards)
 

@@ -55,11 +55,36 @@ def pad_token_ids(rows: list[list[int]], device) -> tuple[Tensor, Tensor]:
 
 
 class RewardAdapter(nn.Module):
-    """Abstract base. Subclasses provide ``tokenizer`` and ``embedding_table`` (V_R, D)."""
+    """Abstract base. Subclasses provide ``tokenizer`` and ``embedding_table`` (V_R, D).
+
+    The roles a reward plays: a differentiable one (``differentiable``) can guide (its
+    ``score_embeds``), any one can select Top@1 and judge (its ``score_text``). ``parts()`` are the
+    differentiable models guidance reads, with their weights (a composite has several)."""
 
     tokenizer = None
     min_coverage: float = 0.95
     max_positions: int | None = None     # the RM's position limit (None: unstated)
+    differentiable: bool = True          # has ``score_embeds`` (guidance); False: text only
+
+    @property
+    def name(self) -> str:
+        return self.__dict__.get("_name") or type(self).__name__
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self.__dict__["_name"] = value
+
+    def identity(self) -> dict:
+        """What identifies this reward in ``run.json`` (a rerun with another one is not a resume)."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name}
+
+    def parts(self) -> list[tuple[float, "RewardAdapter"]]:
+        """The differentiable reward models guidance reads, each with its weight."""
+        return [(1.0, self)] if self.differentiable else []
+
+    def text_flops(self, prompt: str, response: str) -> int:
+        """FLOPs of scoring ``response`` as text (compute accounting): 2 x parameters x tokens."""
+        return 2 * self.num_parameters * self.text_tokens(prompt, response)
 
     def __init__(self):
         super().__init__()

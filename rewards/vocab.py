@@ -49,14 +49,24 @@ class VocabAlignment:
         """Share of ordinary (non-special) dLLM tokens the RM represents (exact or split)."""
         return (self.exact + self.split) / max(self.ordinary, 1)
 
+    def words(self, tokens: list[str], n: int = 10) -> list[str]:
+        """Up to ``n`` of ``tokens`` as the text they stand for (``Ġover`` -> ``' over'``)."""
+        return [normalize_token(t) for t in tokens[:n]]
+
     def summary(self) -> str:
-        return (f"coverage {self.coverage:.1%} of {self.ordinary} ordinary tokens: {self.exact} exact, "
+        """Counts, then up to ten of the words the reward model lacks and ten it splits."""
+        text = (f"coverage {self.coverage:.1%} of {self.ordinary} ordinary tokens: {self.exact} exact, "
                 f"{self.split} split into several RM tokens, {self.missing} missing")
+        if self.unmapped:
+            text += f"; missing {self.words(self.unmapped)}"
+        if self.split_tokens:
+            text += f"; split {self.words(self.split_tokens)}"
+        return text
 
     def report(self) -> dict:
         return {"coverage": self.coverage, "ordinary": self.ordinary, "exact": self.exact, "split": self.split,
-                "missing": self.missing, "missing_examples": self.unmapped[:20],
-                "split_examples": self.split_tokens[:20]}
+                "missing": self.missing, "missing_words": self.words(self.unmapped),
+                "split_words": self.words(self.split_tokens)}
 
 
 def _name(tok) -> str:
@@ -131,7 +141,8 @@ def align_vocab(dlm_tokenizer, rm_tokenizer, *, vocab_size: int | None = None, m
         raise InputError(
             f"vocabulary alignment: only {al.coverage:.1%} of the {al.ordinary} ordinary tokens of the dLLM tokenizer "
             f"{_name(dlm_tokenizer)!r} are represented by the reward tokenizer {_name(rm_tokenizer)!r} "
-            f"({al.exact} exact, {al.split} split, {al.missing} missing; threshold {min_coverage:.0%}; missing e.g. "
-            f"{al.unmapped[:8]}). Use a reward model whose tokenizer covers the dLLM's vocabulary, or lower min_coverage."
+            f"({al.exact} exact, {al.split} split, {al.missing} missing; threshold {min_coverage:.0%}; missing "
+            f"{al.words(al.unmapped)}; split {al.words(al.split_tokens)}). Use a reward model whose tokenizer covers "
+            "the dLLM's vocabulary, or lower min_coverage."
         )
     return al

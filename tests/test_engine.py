@@ -212,6 +212,9 @@ def test_low_vocabulary_coverage_names_both_tokenizers(dlm):
     al = align_vocab(dlm.tokenizer, rm_tok)
     assert 0.95 <= al.coverage < 1 and "sloppy" in al.unmapped and "overpriced" in al.split_tokens
     assert (al.exact, al.split, al.missing) == (179, 4, 5)
+    summary, report = al.summary(), al.report()                       # the words, not only their counts
+    assert "missing [" in summary and "'sloppy'" in summary and "split [" in summary and "'overpriced'" in summary
+    assert sorted(report["missing_words"]) == sorted(al.unmapped) and "overpriced" in report["split_words"]
     with pytest.raises(ValueError, match=r"only 97\.\d% .*'tiny-dlm'.*'tiny-rm'.*4 split, 5 missing.*threshold 99%"):
         align_vocab(dlm.tokenizer, rm_tok, min_coverage=0.99)
     words = align_vocab(dlm.tokenizer, rm_tok).index

@@ -248,7 +248,8 @@ def test_generate_runs_diffusion_gemma_through_its_own_loop(gemma_path, world_rm
     assert torch.equal(alone.tokens[0], guided.tokens[1])                  # a prompt's samples are its own
     c = {k: v[0] for k, v in guided.compute.items()}
     assert c["dlm_forwards"] == 3 * 8 * 2                                  # K x steps x 2 canvases
-    assert c["rm_backwards"] == 3 * 8 * 2 * 2 and c["rm_forwards"] == c["rm_backwards"] + 3
+    assert c["rm_backwards"] == 3 * 8 * 2 * 2 and c["rm_forwards"] == c["rm_backwards"]
+    assert c["select_calls"] == 3                                          # Top@1 of the 3 responses
 
 
 def test_diffusion_gemma_adapter_errors(gemma_path, world_rm, tiny_dlm_path):

@@ -10,7 +10,7 @@ from entrgi_core import DenoiseConfig, DreamLM, InputError, LLaDALM, generate
 from entrgi_core.schedules import (EntropyBoundSchedule, FactorSchedule, ThresholdSchedule, make_schedule,
                                    parallel_commit)
 from guidance import SMC, EntRGi, Expectation
-from tests.conftest import PROMPTS, exploding_model, in_process_cli, read_jsonl
+from tests.conftest import PROMPTS, in_process_cli, read_jsonl
 
 PARALLEL = ["threshold", "factor", "entropy_bound"]
 RAGGED = ["write a review of the hotel", "write a very long review of this phone please", "write a review of the zoo"]
@@ -155,7 +155,7 @@ def test_smc_can_resample_only_at_block_boundaries(world):
     blocks = generate(dlm, PROMPTS[:2], reward=rm, guidance=SMC(beta=0.3, resample_at="block", ess_threshold=1.0),
                       config=cfg, diagnose=True)
     for b in range(2):                             # one reading each: when all four have block 1 full
-        assert blocks.compute["rm_forwards"][b] == 4 + 4 < every_step.compute["rm_forwards"][b]
+        assert blocks.compute["rm_forwards"][b] == 4 < every_step.compute["rm_forwards"][b]
         assert len(blocks.particles["resampled_at"][b]) == 1
     with pytest.raises(InputError, match="resample_at must be one of"):
         SMC(resample_at="end")

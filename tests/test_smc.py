@@ -196,14 +196,14 @@ def test_potential_reads_are_counted_as_compute(dlm, rm):
     cfg = DenoiseConfig(steps=6, max_new_tokens=8, num_samples=2, seed=5)
     res = generate(dlm, PROMPTS[:1], reward=rm, guidance=SMC(beta=0.5, every=2), config=cfg)
     c = {k: v[0] for k, v in res.compute.items()}
-    assert c["rm_forwards"] == 3 * 2 + 2            # reads at steps 0, 2 and 4 (not 5, the last), + final scoring
-    assert c["rm_backwards"] == 0
+    assert c["rm_forwards"] == 3 * 2                # reads at steps 0, 2 and 4 (not 5, the last)
+    assert c["rm_backwards"] == 0 and c["select_calls"] == 2   # the final scoring is the selector's
 
 
 # ----------------------------------------------------------------------------- public paths and bad input
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"beta": 0}, "beta must be > 0"), ({"beta": float("nan")}, "beta must be > 0"),
+    ({"beta": 0}, "beta must be None .adaptive tempering. or > 0"), ({"beta": float("nan")}, "or > 0"),
     ({"potential": "mean"}, "potential must be one of"), ({"intermediate": "soft"}, "intermediate must be one of"),
     ({"every": 0}, "every must be an integer"), ({"ess_threshold": 1.5}, "ess_threshold must lie in"),
     ({"scheme": "multinomial"}, "scheme must be one of"), ({"proposal": "EntRGi"}, "proposal must be a guidance"),

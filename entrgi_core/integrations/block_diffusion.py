@@ -56,7 +56,7 @@ def sample_canvases(model, plan, batch) -> Rollout:
         if resp.shape[1] < length:
             resp = torch.cat([resp, resp.new_full((k, length - resp.shape[1]), model.pad_id)], dim=1)
         tokens.append(resp.cpu())
-        rm_work.append(guide.side.work.per_prompt(k)[0] if guide is not None and guide.side is not None else {})
+        rm_work.append(guide.side.per_prompt(k)[0] if guide is not None and guide.side is not None else {})
         calls.append(temp.calls)
         widths.append(seq.shape[1] - len(ids))
     return Rollout(tokens=torch.stack(tokens), dlm_work=dlm_work(model, batch.encoded, cfg, calls, widths),

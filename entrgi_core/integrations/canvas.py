@@ -48,9 +48,12 @@ class CanvasGuide:
             raise InputError(f"{who}: {type(strategy).__name__} acts on a prompt's samples together and needs a "
                              "sampler that resamples rows; inside another library's loop use a per-sample strategy "
                              "(EntRGi, Expectation, StraightThrough), or run it with entrgi's own sampler")
-        if reward is None or not hasattr(reward, "aligned"):
+        if reward is None or not callable(getattr(reward, "parts", None)):
             raise InputError(f"{who}: reward must be a reward adapter (e.g. rewards.HFRewardModel), got "
                              f"{type(reward).__name__}")
+        if strategy.needs_reward and strategy.reads_embeddings and not reward.parts():
+            raise InputError(f"{who}: {type(strategy).__name__} differentiates its reward, and {reward.name!r} scores "
+                             "text only; give it a differentiable reward adapter (e.g. rewards.HFRewardModel)")
         if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
             raise InputError(f"{who}: the generating model's tokenizer is needed (tokenizer=...) to align its "
                              f"vocabulary with the reward model's; got {type(tokenizer).__name__}")
@@ -77,11 +80,12 @@ class CanvasGuide:
                              "pass one prompt per row (repeat a prompt for several samples)")
         if self.side is not None and self.keys.device == torch.device(device):
             return
-        work = self.side.work.to(device) if self.side is not None else None
+        before = self.side
         self.side = RewardSide.build(self.reward, self.prompts, tokenizer=self.tokenizer, vocab_size=vocab_size,
                                      stop_ids=self.stop_list, device=device)
-        if work is not None:
-            self.side.work = work
+        if before is not None:                                         # the counters follow the canvas
+            for part, old in zip(self.side.parts, before.parts):
+                part.work = old.work.to(device)
         self.keys = rng.row_keys(self.seed, list(range(rows)), 1, device=device)
 
     def refine(self, tokens: Tensor, rows: Tensor, cols: Tensor, phi: Tensor, index: int, total: int) -> Tensor:
@@ -108,9 +112,8 @@ class CanvasGuide:
         return out.to(phi.dtype)
 
     def reward_work(self) -> dict:
-        """Per row: reward-model forwards, their tokens, backwards and their tokens so far."""
+        """Per row: reward-model forwards, their tokens, backwards, their tokens and FLOPs so far."""
         if self.side is None:
             return {k: [0] * len(self.prompts) for k in WORK_FIELDS}
-        work = self.side.work
-        return {k: t.cpu().tolist() for k, t in zip(WORK_FIELDS, (work.forwards, work.forward_tokens, work.backwards,
-                                                                  work.backward_tokens))}
+        rows = self.side.per_prompt(1)
+        return {k: [r[k] for r in rows] for k in WORK_FIELDS}

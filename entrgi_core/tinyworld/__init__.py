@@ -1,12 +1,14 @@
 """The tiny world: a review grammar with an exact sentiment oracle (``grammar``), two tokenizers
-(``tokenizers``), and a tiny masked diffusion LM and tiny reward model trained on it
-(``python -m entrgi_core.tinyworld.train``), shipped under ``checkpoints/``."""
+(``tokenizers``), a tiny masked diffusion LM and tiny reward model trained on it
+(``python -m entrgi_core.tinyworld.train``), shipped under ``checkpoints/``, and the oracle as
+judges (``OracleJudge``, ``ValidityJudge``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 PROMPTS = Path(__file__).resolve().parent / "prompts.jsonl"
+TRAIN_PROMPTS = Path(__file__).resolve().parent / "train_prompts.jsonl"   # the subjects PROMPTS leaves out
 
 
 def _checkpoint(name: str) -> Path:
@@ -33,3 +35,9 @@ def rm_imperfect_path() -> Path:
     entrgi_core.tinyworld.train --imperfect-rm``). Guidance can raise its reward without raising
     the oracle."""
     return _checkpoint("rm_imperfect")
+
+
+from entrgi_core.tinyworld.judges import OracleJudge, ValidityJudge  # noqa: E402  (judges build on rewards)
+
+__all__ = ["CHECKPOINTS", "PROMPTS", "TRAIN_PROMPTS", "OracleJudge", "ValidityJudge", "dlm_path", "rm_path",
+           "rm_imperfect_path"]

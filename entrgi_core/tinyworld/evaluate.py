@@ -12,7 +12,7 @@ from entrgi_core.config import DenoiseConfig
 from entrgi_core.data import PromptDataModule
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
-from entrgi_core.tinyworld.grammar import is_valid, sentiment
+from entrgi_core.tinyworld.judges import OracleJudge, ValidityJudge
 from entrgi_core.writer import JsonlPredictionWriter, read_jsonl
 from guidance import EntRGi, Expectation, NoGuidance, StraightThrough
 
@@ -42,21 +42,16 @@ class MethodResult:
     weight_by_step: dict      # mean entropy weight per guided step
 
 
-def oracle_or_worst(text: str) -> float:
-    return sentiment(text) if is_valid(text) else -1.0
-
-
 def score(method: str, records: list[dict], summary: dict) -> MethodResult:
     n = len(records)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    responses = [t for r in records for t in r["responses"]]
     return MethodResult(
         method=method,
         top1_reward=mean([r["best_reward"] for r in records]),
         avg_reward=mean([r["avg_reward"] for r in records]),
-        top1_oracle=mean([oracle_or_worst(r["best_response"]) for r in records]),
-        valid=mean([float(is_valid(t)) for t in responses]),
-        top1_valid=mean([float(is_valid(r["best_response"])) for r in records]),
+        top1_oracle=mean([r["judges"]["oracle"]["top1"] for r in records]),
+        valid=mean([s for r in records for s in r["judges"]["valid"]["scores"]]),
+        top1_valid=mean([r["judges"]["valid"]["top1"] for r in records]),
         seconds=sum(r["seconds"] for r in records) if n else 0.0,
         weight_by_step={int(k): v for k, v in summary.get("mean_entropy_weight_by_step", {}).items()},
     )
@@ -75,7 +70,7 @@ def run_methods(dlm, rm, prompts: Path, out_dir: Path, config: DenoiseConfig, *,
         trainer = L.Trainer(accelerator="cpu", devices=1, inference_mode=False, logger=False,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                             callbacks=callbacks)
-        trainer.predict(GuidedDenoiser(dlm, rm, strategy, config),
+        trainer.predict(GuidedDenoiser(dlm, rm, strategy, config, judges=[OracleJudge(), ValidityJudge()]),
                         datamodule=PromptDataModule(path=str(prompts), id_field="id", batch_size=batch_size),
                         return_predictions=False)
         summary = json.loads((target / "summary.json").read_text())

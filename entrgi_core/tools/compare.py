@@ -10,10 +10,12 @@ schedules), and SMC with each proposal over K particles in ``--smc-k``, over ``-
 config's prompts (any config: real models included); ``--only`` keeps the curves whose name
 starts with one of its words. For
 every point it records per prompt the Top@1 and Avg@N reward, seconds and forward-equivalents
-(``entrgi_core.sampler.account``), and, on the tiny world, the oracle sentiment and validity of
-the Top@1 response. ``--decodings`` runs every curve under each decoding: ``steps`` (the config's
-own schedule), ``threshold`` and ``entropy_bound`` (parallel commits at the config's parameters),
-and the same with the dual block KV cache (``+cache``, blocks of ``--cache-block``); the tables
+(``entrgi_core.result.account``), and every judge's score of the Top@1 response (``--judges``,
+as for ``entrgi predict``; on the tiny world's prompts the oracle and validity by default).
+``--select`` (as for ``entrgi predict``) picks Top@1 by another reward, e.g. a verifier;
+``--metric NAME`` reads the matched tables and plots by a judge instead of the reward.
+``--decodings`` runs every curve under each decoding: ``steps`` (the config's own schedule),
+``threshold`` and ``entropy_bound`` (parallel commits at the config's parameters), and the same with the dual block KV cache (``+cache``, blocks of ``--cache-block``); the tables
 then show tokens per forward and read each decoding's curves at matched compute against its own
 Best-of-N, in forward-equivalents and in seconds. Writes ``frontier.json`` (every run),
 ``frontier.txt`` (mean +- SEM over seeds, the table printed) and ``frontier.png`` (reward against
@@ -37,9 +39,11 @@ from entrgi_core.tools.report import mean_sem, pm
 
 BUDGETS = (4, 8, 16, 32, 64)
 SMC_K = (2, 4, 8, 16, 32)
-# SMC settings of the sweep, chosen on seeds 100 and 101 (prompts 16-31) of the tiny world, never on
-# the reported seeds: see README, "SMC with gradient proposals"
-SMC_SETTINGS = dict(beta=0.03, ess_threshold=0.5, potential="difference", intermediate="relaxed", every=1)
+# SMC settings of the sweep: SMC's defaults (adaptive tempering), and one curve at the fixed beta
+# chosen on seeds 100 and 101 (prompts 16-31) of the tiny world, never on the reported seeds
+# (docs/results.md, "SMC with gradient proposals")
+SMC_SETTINGS = dict(ess_threshold=0.5, potential="difference", intermediate="relaxed", every=1)
+SMC_FIXED_BETA = 0.03
 
 
 DECODINGS = {                 # sampler settings of each decoding, over the config's own
@@ -85,15 +89,11 @@ def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3), smc_k=SMC
         for k in smc_k:
             out.append(Method(family, f"SMC {name} K={k}", k,
                               lambda cls=cls: SMC(cls(steps=1) if cls else None, **SMC_SETTINGS)))
+    for k in smc_k:
+        out.append(Method(f"SMC + Expectation M=1 beta={SMC_FIXED_BETA}",
+                          f"SMC Expectation K={k} beta={SMC_FIXED_BETA}", k,
+                          lambda: SMC(Expectation(steps=1), beta=SMC_FIXED_BETA, **SMC_SETTINGS)))
     return out
-
-
-def tiny_world_oracle(texts: list[str]) -> tuple[list[float], list[float]]:
-    """(oracle sentiment, -1 for an invalid review), validity of each text."""
-    from entrgi_core.tinyworld.evaluate import oracle_or_worst
-    from entrgi_core.tinyworld.grammar import is_valid
-
-    return [oracle_or_worst(t) for t in texts], [float(is_valid(t)) for t in texts]
 
 
 def decoding_config(base: DenoiseConfig, decoding: str, cache_block: int) -> DenoiseConfig:
@@ -105,33 +105,29 @@ def decoding_config(base: DenoiseConfig, decoding: str, cache_block: int) -> Den
 
 
 def run_point(model, reward, items: list[dict], base: DenoiseConfig, method: Method, seed: int, batch_size: int,
-              oracle: bool, cache_block: int = 8) -> dict:
-    """One method at one seed over all prompts: per-prompt means."""
+              judges=(), cache_block: int = 8, select=None) -> dict:
+    """One method at one seed over all prompts: per-prompt means (Top@1 picked by ``select``,
+    default the reward), and each judge's score of Top@1 (``j:NAME``)."""
     cfg = DenoiseConfig(**{**decoding_config(base, method.decoding, cache_block).to_dict(), "num_samples": method.k,
                            "seed": seed})
     strategy = method.make()
-    sums = {"top1": 0.0, "avg": 0.0, "seconds": 0.0, "forward_equivalents": 0.0, "tpf": 0.0, "oracle": 0.0,
-            "valid": 0.0}
+    sums = {"top1": 0.0, "avg": 0.0, "seconds": 0.0, "forward_equivalents": 0.0, "tpf": 0.0}
+    binary = {j.name: True for j in judges}
     for i in range(0, len(items), batch_size):
         chunk = items[i: i + batch_size]
         res = generate(model, [it["prompt"] for it in chunk], reward=reward, guidance=strategy, config=cfg,
-                       prompt_ids=[it["id"] for it in chunk])
+                       prompt_ids=[it["id"] for it in chunk], select=select, judges=judges)
         sums["top1"] += float(res.best_reward.sum())
         sums["avg"] += float(res.avg_reward.sum())
         sums["seconds"] += res.seconds
         sums["forward_equivalents"] += sum(res.compute["forward_equivalents"])
         sums["tpf"] += sum(res.tokens_per_forward)
-        if oracle:
-            best = [res.texts[b][int(res.best_index[b])] for b in range(len(chunk))]
-            o, v = tiny_world_oracle(best)
-            sums["oracle"] += sum(o)
-            sums["valid"] += sum(v)
-    n = len(items)
-    out = {key: value / n for key, value in sums.items()}
-    if not oracle:
-        out.pop("oracle"), out.pop("valid")
+        for name, scores in res.judge_scores.items():
+            sums[f"j:{name}"] = sums.get(f"j:{name}", 0.0) + float(scores.gather(1, res.best_index[:, None]).sum())
+            binary[name] &= bool(((scores == 0) | (scores == 1)).all())
+    out = {key: value / len(items) for key, value in sums.items()}
     return {"family": method.family, "label": method.label, "k": method.k, "decoding": method.decoding, "seed": seed,
-            **out}
+            "binary": [name for name, b in binary.items() if b], **out}
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -141,73 +137,92 @@ def aggregate(runs: list[dict]) -> list[dict]:
         by.setdefault((r["family"], r["label"], r["k"], r.get("decoding", "steps")), []).append(r)
     rows = []
     for (family, label, k, decoding), rs in by.items():
-        row = {"family": family, "label": label, "k": k, "decoding": decoding, "seeds": len(rs)}
-        for key in ("top1", "avg", "oracle", "valid", "seconds", "forward_equivalents", "tpf"):
+        row = {"family": family, "label": label, "k": k, "decoding": decoding, "seeds": len(rs),
+               "binary": sorted(set.intersection(*(set(r.get("binary", [])) for r in rs)))}
+        judged = [key for key in rs[0] if key.startswith("j:")]
+        for key in ("top1", "avg", "seconds", "forward_equivalents", "tpf", *judged):
             if key in rs[0]:
                 row[key], row[key + "_sem"] = mean_sem([r[key] for r in rs])
         rows.append(row)
     return rows
 
 
+def judges_of(rows: list[dict]) -> list[str]:
+    """The judges' names, in the order they were given."""
+    return [key[2:] for key in rows[0] if key.startswith("j:") and not key.endswith("_sem")]
+
+
+def _judge_cell(r: dict, name: str) -> str:
+    """A verifier (0/1 scores) shows the share of Top@1 it accepts; any other judge mean +- SEM."""
+    if name in r["binary"]:
+        return f"{r['j:' + name]:.2f}"
+    return pm(r["j:" + name], r[f"j:{name}_sem"] if r["seeds"] > 1 else None)
+
+
 def table(rows: list[dict]) -> str:
-    oracle = "oracle" in rows[0]
+    judges = judges_of(rows)
     several = len({r.get("decoding", "steps") for r in rows}) > 1
     head = ["method", "fwd-eq / prompt", "s / prompt"] + (["tok / fwd"] if several else []) + \
-        ["Top@1 reward", "Avg@N reward"] + (["oracle of Top@1", "valid Top@1"] if oracle else [])
+        ["Top@1 reward", "Avg@N reward"] + [f"{n} Top@1" if n in rows[0]["binary"] else f"{n} of Top@1" for n in judges]
     cell = lambda r, k: pm(r[k], r[k + "_sem"] if r["seeds"] > 1 else None)  # noqa: E731
     body = [[r["label"], f"{r['forward_equivalents']:.0f}", f"{r['seconds']:.2f}"] +
             ([f"{r['tpf']:.2f}"] if several else []) + [cell(r, "top1"), cell(r, "avg")] +
-            ([cell(r, "oracle"), f"{r['valid']:.2f}"] if oracle else []) for r in rows]
+            [_judge_cell(r, n) for n in judges] for r in rows]
     return report.table(head, body)
 
 
-def matched(rows: list[dict], cost: str = "forward_equivalents") -> str:
-    """At each Best-of-N budget, every other curve's best Top@1 among its points that cost no more
-    (``cost``: forward-equivalents or seconds), with the oracle of that point when known: the
-    matched-compute reading of the frontier, one table per decoding (each against its own
-    Best-of-N). "-" where a curve has no point that cheap."""
+def matched(rows: list[dict], cost: str = "forward_equivalents", metric: str = "reward") -> str:
+    """At each Best-of-N budget, every other curve's best Top@1 (by ``metric``: the reward or a
+    judge's name) among its points that cost no more (``cost``: forward-equivalents or seconds),
+    with the first non-verifier judge's score of that point in brackets: the matched-compute
+    reading of the frontier, one table per decoding (each against its own Best-of-N). "-" where a
+    curve has no point that cheap."""
     out = []
     for decoding in dict.fromkeys(r.get("decoding", "steps") for r in rows):
         mine = [r for r in rows if r.get("decoding", "steps") == decoding]
-        text = _matched_one(mine, cost)
+        text = _matched_one(mine, cost, metric)
         if text:
             out.append(text if decoding == "steps" else f"[{decoding}] " + text)
     return "\n\n".join(out)
 
 
-def _matched_one(rows: list[dict], cost: str) -> str:
+def _matched_one(rows: list[dict], cost: str, metric: str) -> str:
     bon = sorted((r for r in rows if r["family"].startswith("Best-of-N")), key=lambda r: r[cost])
     families = [f for f in dict.fromkeys(r["family"] for r in rows) if not f.startswith("Best-of-N")]
     if not bon or not families:
         return ""
-    oracle = "oracle" in rows[0]
+    key = "top1" if metric == "reward" else f"j:{metric}"
+    judge = next((n for n in judges_of(rows) if n not in rows[0]["binary"] and f"j:{n}" != key), None)
     unit = "fwd-eq" if cost == "forward_equivalents" else "s"
+
+    def cell(r):
+        return f"{r[key]:+.3f}" + (f" ({r['j:' + judge]:+.3f})" if judge else "") + f" [K={r['k']}]"
+
     body = []
     for b in bon:
-        cells = [f"{b[cost]:.{0 if unit == 'fwd-eq' else 2}f} ({b['label'].split(' [')[0]})", _cell(b, oracle)]
+        cells = [f"{b[cost]:.{0 if unit == 'fwd-eq' else 2}f} ({b['label'].split(' [')[0]})", cell(b)]
         for fam in families:
             fits = [r for r in rows if r["family"] == fam and r[cost] <= b[cost]]
-            cells.append(_cell(max(fits, key=lambda r: r["top1"]), oracle) if fits else "-")
+            cells.append(cell(max(fits, key=lambda r: r[key])) if fits else "-")
         body.append(cells)
-    note = f"Top@1 (oracle) of each curve's best point costing at most the budget ({unit}), K in brackets"
+    what = "Top@1" if metric == "reward" else f"{metric} of Top@1"
+    note = f"{what}{f' ({judge})' if judge else ''} of each curve's best point costing at most the budget ({unit}), " \
+           "K in brackets"
     names = [f.split(" [")[0] for f in families]
     return note + "\n" + report.table([f"budget ({unit})", "Best-of-N"] + names, body, align="left")
 
 
-def _cell(r: dict, oracle: bool) -> str:
-    return f"{r['top1']:+.3f}" + (f" ({r['oracle']:+.3f})" if oracle else "") + f" [K={r['k']}]"
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    """Reward against forward-equivalents and seconds, log x axes labelled in plain numbers; one
-    colour (and marker) per curve, Best-of-N in black."""
+def plot(rows: list[dict], path: Path, title: str, metric: str = "reward") -> None:
+    """Reward (or a judge's score, ``metric``) against forward-equivalents and seconds, log x axes
+    labelled in plain numbers; one colour (and marker) per curve, Best-of-N in black."""
     import matplotlib.ticker as ticker
     from matplotlib import colormaps
 
-    panels = [("forward_equivalents", "top1", "Top@1 reward (RM)"), ("seconds", "top1", "Top@1 reward (RM)"),
+    key, label = ("top1", "Top@1 reward (RM)") if metric == "reward" else (f"j:{metric}", f"{metric} of Top@1")
+    panels = [("forward_equivalents", key, label), ("seconds", key, label),
               ("forward_equivalents", "avg", "Avg@N reward (RM)")]
-    if "oracle" in rows[0]:
-        panels.append(("forward_equivalents", "oracle", "oracle sentiment of Top@1"))
+    panels += [("forward_equivalents", f"j:{n}", f"{n} of Top@1 (judge)") for n in judges_of(rows)
+               if f"j:{n}" != key and n not in rows[0]["binary"]][:1]
     fig, axes = report.figure(len(panels))
     families = list(dict.fromkeys(r["family"] for r in rows))
     others = [f for f in families if not f.startswith("Best-of-N")]
@@ -252,7 +267,7 @@ def load(config_args: list[str]):
     module, dm = cli.model, cli.datamodule
     if module.reward is None:
         raise InputError("entrgi compare: the configuration has no reward model (--reward ...)")
-    return module.model, module.reward, dm, module.config
+    return module, dm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decodings", nargs="+", default=["steps"], choices=list(DECODINGS),
                     help="run every curve under each of these decodings")
     ap.add_argument("--cache-block", type=int, default=8, help="block length of the +cache decodings")
+    ap.add_argument("--metric", default="reward",
+                    help="what Top@1 is read by in the matched tables and plots: the reward, or a judge's name")
     ap.add_argument("--out", type=Path, default=Path("outputs/compare"))
     ap.add_argument("--title", default=None)
     args, overrides = ap.parse_known_args(argv)
@@ -292,23 +309,42 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m.under(d) for d in args.decodings for m in methods]
     configs = args.config or ["configs/tiny.yaml"]
     config_args = [a for c in configs for a in ("--config", c)] + overrides
-    model, reward, dm, base = load(config_args)
+    module, dm = load(config_args)
+    model, reward, base = module.model, module.reward, module.config
     for decoding in args.decodings:                                  # refuse a decoding the model cannot run now
         model.check(decoding_config(base, decoding, args.cache_block))
     items = dm.items[: args.prompts] if args.prompts else dm.items
-    from entrgi_core import tinyworld
-
-    oracle = getattr(dm, "source", {}).get("dataset") is None and \
-        {it["prompt"] for it in items} <= {json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x}
+    judges = list(module.judges) or default_judges(dm, items)
+    if args.metric != "reward" and args.metric not in [j.name for j in judges]:
+        raise InputError(f"entrgi compare: --metric {args.metric} is neither 'reward' nor a judge's name "
+                         f"({[j.name for j in judges]})")
     runs, t0 = [], time.perf_counter()
     for seed in args.seeds:
         for method in methods:
-            runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, oracle, args.cache_block))
+            runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, judges, args.cache_block,
+                                  module.select))
             print(f"[compare] seed {seed} {method.label}: Top@1 {runs[-1]['top1']:+.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = aggregate(runs)
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
                           f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
-    text = table(rows) + "".join("\n\n" + m for m in (matched(rows), matched(rows, "seconds")) if m)
+    if module.select is not None:
+        title += f"; Top@1 selected by {module.select.name}"
+    note = "judges only score the final responses: their work is evaluation, not in fwd-eq or seconds"
+    text = table(rows) + "".join("\n\n" + m for m in (matched(rows, metric=args.metric),
+                                                      matched(rows, "seconds", args.metric)) if m)
+    if judges:
+        text += "\n\n" + note
     report.write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows},
-                        lambda path: plot(rows, path, title))
+                        lambda path: plot(rows, path, title, args.metric))
+
+
+def default_judges(dm, items: list[dict]) -> list:
+    """The tiny world's oracle and validity, when the prompts are the tiny world's and no judges
+    were given; none otherwise."""
+    from entrgi_core import tinyworld
+
+    own = {json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x}
+    if getattr(dm, "source", {}).get("dataset") is None and {it["prompt"] for it in items} <= own:
+        return [tinyworld.OracleJudge(), tinyworld.ValidityJudge()]
+    return []

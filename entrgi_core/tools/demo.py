@@ -89,7 +89,8 @@ def small_frontier(dlm, rm, out: Path, seed: int, prompts: int = 8) -> None:
 
     items = PromptDataModule(path=str(tinyworld.PROMPTS), id_field="id").items[:prompts]
     methods = default_methods(budgets=(4, 8, 16), guided_k=(4,), guided_m=(1, 3), smc_k=(4,))
-    rows = aggregate([run_point(dlm, rm, items, demo_config(seed), m, seed, 8, oracle=True) for m in methods])
+    judges = [tinyworld.OracleJudge(), tinyworld.ValidityJudge()]
+    rows = aggregate([run_point(dlm, rm, items, demo_config(seed), m, seed, 8, judges) for m in methods])
     print()
     print(f"Reward against compute ({prompts} prompts, seed {seed}; the full sweep with seeds: `entrgi compare`).")
     print("A guided method beats Best-of-N only where it is above the Best-of-N row of equal cost.")

@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) < 1:
             raise InputError(f"entrgi diagnose: --{name} must be >= 1")
     configs = args.config or ["configs/tiny.yaml"]
-    model, reward, dm, base = load([a for c in configs for a in ("--config", c)] + overrides)
+    module, dm = load([a for c in configs for a in ("--config", c)] + overrides)
+    model, reward, base = module.model, module.reward, module.config
+    if len(reward.parts()) != 1 or reward.parts()[0][1] is not reward:
+        raise InputError(f"entrgi diagnose probes one differentiable reward model; {reward.name!r} is not one")
     prompts = [it["prompt"] for it in dm.items[: args.prompts]]
     points = diagnose(model, reward, prompts, base, positions=args.positions, samples=args.samples,
                       draws=args.draws, seed=args.seed)
