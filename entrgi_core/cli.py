@@ -4,6 +4,7 @@
     entrgi predict --config cfg.yaml --trainer.devices 4 --trainer.strategy ddp \\
                    --guidance guidance.EntRGi --guidance.steps 3
     entrgi predict --config cfg.yaml --print_config
+    entrgi fit --config configs/fit_tiny.yaml [--ckpt_path last]   train the dLLM on guided rollouts
     entrgi compare [--config cfg.yaml] [--seeds 0 1 2]    reward against compute vs Best-of-N
     entrgi diagnose [--config cfg.yaml]                   which gate the reward model rewards
 
@@ -20,6 +21,8 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
+from typing import Optional
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -28,7 +31,7 @@ import guidance
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance
 from entrgi_core.data import PromptDataModule
-from entrgi_core.models import DiffusionModel
+from entrgi_core.models import DiffusionLM, DiffusionModel
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
 from entrgi_core.writer import JsonlPredictionWriter
@@ -38,7 +41,7 @@ from rewards.base import RewardAdapter
 KNOWN_CLASSES = {          # what a misspelled class_path is compared with
     "--dlm": ["entrgi_core.models.DreamLM", "entrgi_core.models.LLaDALM", "entrgi_core.models.MaskedLM",
               "entrgi_core.diffusion_gemma.DiffusionGemmaLM"],
-    "--reward": ["rewards.HFRewardModel"],
+    "--reward": ["rewards.HFRewardModel", "rewards.TextReward", "rewards.Sum", "rewards.CallableReward"],
     "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES + guidance.PARTICLE_STRATEGIES],
 }
 
@@ -70,19 +73,34 @@ class _Parser(LightningArgumentParser):
         sys.exit(2)
 
 
+def add_generation_arguments(parser, dlm: type = DiffusionModel) -> None:
+    """The groups both commands share, linked into the module: dlm, reward, select, judges,
+    guidance and sampling."""
+    parser.add_subclass_arguments(dlm, "dlm", required=True, help="the diffusion LM")
+    parser.add_subclass_arguments(RewardAdapter, "reward", required=False, help="the reward model (guides)")
+    parser.add_subclass_arguments(RewardAdapter, "select", required=False,
+                                  help="what picks Top@1 (default: the reward), e.g. rewards.TextReward")
+    parser.add_argument("--judges", type=Optional[list[RewardAdapter]], default=None,
+                        help="rewards that only score the final responses (evaluation), a list of class paths")
+    parser.add_subclass_arguments(Guidance, "guidance", required=False,
+                                  help="the guidance strategy (none: unguided, i.e. Best-of-N)")
+    parser.add_class_arguments(DenoiseConfig, "sampling", help="sampler settings")
+    for src, dst in (("dlm", "model.model"), ("reward", "model.reward"), ("guidance", "model.guidance"),
+                     ("sampling", "model.config"), ("select", "model.select")):
+        parser.link_arguments(src, dst, apply_on="instantiate")
+    parser.link_arguments("judges", "model.judges", apply_on="parse")    # a list: instantiated with the model
+
+
 class EntrgiCLI(LightningCLI):
+    """``entrgi predict``: guided generation (GuidedDenoiser) over a prompt file."""
+
     def add_arguments_to_parser(self, parser):
-        parser.add_subclass_arguments(DiffusionModel, "dlm", required=True, help="the diffusion LM")
-        parser.add_subclass_arguments(RewardAdapter, "reward", required=False, help="the reward model")
-        parser.add_subclass_arguments(Guidance, "guidance", required=False,
-                                      help="the guidance strategy (none: unguided, i.e. Best-of-N)")
-        parser.add_class_arguments(DenoiseConfig, "sampling", help="sampler settings")
-        for src, dst in (("dlm", "model.model"), ("reward", "model.reward"), ("guidance", "model.guidance"),
-                         ("sampling", "model.config")):
-            parser.link_arguments(src, dst, apply_on="instantiate")
+        add_generation_arguments(parser)
         parser.add_argument("--output_dir", type=str, default="outputs/predict", help="where predictions go")
         parser.add_argument("--resume", type=bool, default=True, help="skip prompts already in output_dir")
         parser.add_argument("--overwrite", type=bool, default=False, help="replace outputs of another config")
+        parser.add_argument("--export_rollouts", type=bool, default=False,
+                            help="also write rollouts.jsonl: one {prompt, completion, reward, ...} line per response")
         parser.add_argument("--diagnose", type=bool, default=False,
                             help="record the reward after each guidance update (one more RM forward per step)")
         parser.link_arguments("diagnose", "model.diagnose")
@@ -102,11 +120,52 @@ class EntrgiCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._cfg()
-        extra = [JsonlPredictionWriter(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)]
+        extra = [JsonlPredictionWriter(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite,
+                                       export_rollouts=cfg.export_rollouts)]
         if cfg.trainer.get("enable_progress_bar") is not False:
             extra.append(PromptProgressBar())
         kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
         return super().instantiate_trainer(**kwargs)
+
+
+class EntrgiFitCLI(EntrgiCLI):
+    """``entrgi fit``: train the dLLM on its own guided rollouts (GuidedFineTuner). The output
+    directory is ``entrgi_core.fit_writer``'s; ``--ckpt_path last`` resumes."""
+
+    def add_arguments_to_parser(self, parser):
+        add_generation_arguments(parser, DiffusionLM)
+        parser.add_argument("--output_dir", type=str, default="outputs/fit",
+                            help="run.json, metrics.csv, checkpoints/, model/, rollouts.jsonl, curves.png")
+        parser.add_argument("--overwrite", type=bool, default=False, help="replace another run in output_dir")
+        parser.add_argument("--export_rollouts", type=bool, default=True,
+                            help="write every step's rollouts (rollouts.jsonl: prompt, completion, reward, step, ...)")
+        parser.add_argument("--checkpoint_every", type=int, default=1, help="save checkpoints/last.ckpt every N steps")
+        parser.set_defaults({"trainer.logger": False, "trainer.enable_model_summary": False,
+                             "trainer.num_sanity_val_steps": 0, "trainer.log_every_n_steps": 1})
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._cfg()
+        if isinstance(cfg.checkpoint_every, bool) or cfg.checkpoint_every < 1:
+            raise InputError(f"entrgi fit: --checkpoint_every must be an integer >= 1, got {cfg.checkpoint_every}")
+        if cfg.trainer.get("max_steps") in (None, -1):
+            raise InputError("entrgi fit: set --trainer.max_steps (the most updates; each is one rollout batch)")
+        super().before_instantiate_classes()
+
+    def instantiate_trainer(self, **kwargs):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from entrgi_core.fit_writer import CHECKPOINTS, FitOutputs
+        from entrgi_core.rollouts import RolloutWriter
+
+        cfg = self._cfg()
+        out = Path(cfg.output_dir)
+        extra = [FitOutputs(str(out), overwrite=cfg.overwrite),
+                 ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="step{step}", save_top_k=0, save_last=True,
+                                 every_n_train_steps=cfg.checkpoint_every)]
+        if cfg.export_rollouts:
+            extra.append(RolloutWriter(str(out)))
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+        return LightningCLI.instantiate_trainer(self, **kwargs)
 
 
 def _check_devices(trainer_cfg) -> None:
@@ -136,10 +195,18 @@ def main(args: list[str] | None = None) -> None:
     line on stderr and exit status 2 (ENTRGI_DEBUG=1 shows the traceback); anything else, a bug or
     an out-of-memory error, raises with its traceback."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")   # we pass sys.argv on, by design
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv and argv[0] in TOOLS:
             importlib.import_module(f"entrgi_core.tools.{argv[0]}").main(argv[1:])
+            return
+        if argv and argv[0] == "fit":
+            from entrgi_core.finetune import GuidedFineTuner
+
+            warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden")  # --optimizer
+            EntrgiFitCLI(GuidedFineTuner, PromptDataModule, subclass_mode_model=False, save_config_callback=None,
+                         args=argv, parser_class=_Parser, parser_kwargs={"description": __doc__, "default_env": False})
             return
         EntrgiCLI(GuidedDenoiser, PromptDataModule, subclass_mode_model=False, save_config_callback=None,
                   auto_configure_optimizers=False, args=argv, parser_class=_Parser,

@@ -3,6 +3,13 @@ each with a stable prompt id (the id field, or a hash of the text).
 
 Everything is read and validated on construction, so a bad prompt file fails before any model
 is loaded. ``skip_ids`` (set by the prediction writer when resuming) removes prompts already done.
+
+For ``trainer.fit`` (``entrgi fit``) the data module yields the batch of each global step: step s
+takes positions ``s*G .. (s+1)*G - 1`` (G = ``batch_size`` x ranks) of an endless stream of
+permutations of the prompts (pass e shuffled by ``numpy.random.default_rng([shuffle_seed, e])``),
+and rank r its r-th slice of ``batch_size``. The batches depend on the step only: a resumed run
+continues the stream where its checkpoint stopped, and one device with batch G sees what G / n
+per rank on n devices see together.
 """
 from __future__ import annotations
 
@@ -10,12 +17,13 @@ import csv
 import hashlib
 import json
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from entrgi_core.errors import InputError
 
 
@@ -37,6 +45,37 @@ class _Prompts(Dataset):
 
 def _collate(items: list[dict]) -> dict:
     return {"id": [it["id"] for it in items], "prompt": [it["prompt"] for it in items]}
+
+
+class StepBatches(IterableDataset):
+    """The training batches of global steps ``start .. stop - 1`` for one rank (see the module
+    docstring): each ``{"id", "prompt", "position", "step"}``."""
+
+    def __init__(self, items: list[dict], batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
+                 world: int = 1):
+        self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
+        self._passes: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def _at(self, position: int) -> dict:
+        n = len(self.items)
+        order = self._passes.get(position // n)
+        if order is None:
+            order = self._passes[position // n] = np.random.default_rng([self.seed, position // n]).permutation(n)
+        return self.items[int(order[position % n])]
+
+    def batch(self, step: int) -> dict:
+        first = (step * self.world + self.rank) * self.batch_size
+        positions = list(range(first, first + self.batch_size))
+        items = [self._at(p) for p in positions]
+        return {**_collate(items), "position": positions, "step": step}
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield self.batch(step)
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -72,6 +111,7 @@ class PromptDataModule(L.LightningDataModule):
             raise InputError(f"PromptDataModule: slicing must be 'random' or 'hf', got {slicing!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
         seed = 0 if shuffle_seed is None else int(shuffle_seed)
+        self.shuffle_seed = seed
         if prompts is not None:
             records, where = [{field: p} for p in prompts], "the inline prompt list"
         elif path is not None:
@@ -108,6 +148,14 @@ class PromptDataModule(L.LightningDataModule):
 
     def remaining(self) -> list[dict]:
         return [it for it in self.items if it["id"] not in self.skip_ids]
+
+    def train_dataloader(self) -> DataLoader:
+        """The batch of each remaining global step (up to ``trainer.max_steps``) of this rank."""
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")  # no workers
+        trainer = self.trainer
+        data = StepBatches(self.items, self.batch_size, self.shuffle_seed, trainer.global_step, trainer.max_steps,
+                           trainer.global_rank, trainer.world_size)
+        return DataLoader(data, batch_size=None, num_workers=0)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(_Prompts(self.remaining()), batch_size=self.batch_size, shuffle=False,

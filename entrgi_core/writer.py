@@ -6,65 +6,65 @@ prompt id, deduplicated: DDP's sampler pads by repeating prompts) and writes ``s
 With ``resume=True`` prompts already present (in predictions or shards) are skipped, so a killed
 run continues where it stopped. ``run.json`` records the configuration that made the outputs; a
 later run with another configuration is refused unless ``overwrite=True``.
+
+A run that replaces outputs (``overwrite=True`` or ``resume=False``) writes its shards under
+``.staging/`` and replaces ``predictions.jsonl``, ``summary.json`` and ``run.json`` only when it
+has finished: a run that fails leaves the directory as it was. ``export_rollouts=True`` also
+writes ``rollouts.jsonl``, one line per response (``entrgi_core.rollouts``), from the predictions.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from entrgi_core.errors import InputError
+from entrgi_core.jsonl import read_jsonl, write_atomic, write_lines
+from entrgi_core.rollouts import ROLLOUTS, rollout_lines
 
-PREDICTIONS, SUMMARY, RUN = "predictions.jsonl", "summary.json", "run.json"
+__all__ = ["JsonlPredictionWriter", "read_jsonl", "summarize", "total_compute"]
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-write) is ignored."""
-    out = []
-    if not path.exists():
-        return out
-    with path.open(encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines) - 2:  # only the last written line may be torn
-                raise ValueError(f"{path}: line {n + 1} is not JSON") from None
-    return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+PREDICTIONS, SUMMARY, RUN, STAGING = "predictions.jsonl", "summary.json", "run.json", ".staging"
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
-    def __init__(self, output_dir: str = "outputs/predict", resume: bool = True, overwrite: bool = False):
+    def __init__(self, output_dir: str = "outputs/predict", resume: bool = True, overwrite: bool = False,
+                 export_rollouts: bool = False):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.export_rollouts = resume, overwrite, export_rollouts
         self._shard = None
         self._started = None
         self._config: dict = {}
 
     # ----------------------------------------------------------------------- set-up
 
-    def _shards(self) -> list[Path]:
-        return sorted(self.output_dir.glob("shard-rank*.jsonl"))
+    @property
+    def replaces(self) -> bool:
+        """Whether this run replaces the directory's outputs (written under ``.staging/`` until done)."""
+        return self.overwrite or not self.resume
+
+    @property
+    def _shard_dir(self) -> Path:
+        return self.output_dir / STAGING if self.replaces else self.output_dir
+
+    def _shards(self, where: Path | None = None) -> list[Path]:
+        return sorted((where or self.output_dir).glob("shard-rank*.jsonl"))
 
     def done_records(self) -> list[dict]:
+        """The records already in the directory (predictions and shards of an unfinished run)."""
         return read_jsonl(self.output_dir / PREDICTIONS) + [r for s in self._shards() for r in read_jsonl(s)]
+
+    def _run_records(self) -> list[dict]:
+        """The records this run's outputs are made of."""
+        if self.replaces:
+            return [r for s in self._shards(self._shard_dir) for r in read_jsonl(s)]
+        return self.done_records()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Checks only: the output directory is changed in ``on_predict_start``, after every set-up
@@ -85,7 +85,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         dm = trainer.datamodule
         if done and dm is not None and hasattr(dm, "skip_ids"):
             dm.skip_ids = done
-        self._shard = out / f"shard-rank{trainer.global_rank}.jsonl"
+        self._shard = self._shard_dir / f"shard-rank{trainer.global_rank}.jsonl"
 
     @staticmethod
     def run_identity(trainer, pl_module) -> dict:
@@ -100,11 +100,16 @@ class JsonlPredictionWriter(BasePredictionWriter):
         out = self.output_dir
         if trainer.is_global_zero:
             out.mkdir(parents=True, exist_ok=True)
-            if self.overwrite or not self.resume:
-                for p in [out / PREDICTIONS, out / SUMMARY, *self._shards()]:
-                    p.unlink(missing_ok=True)
-            _write_atomic(out / RUN, json.dumps(self._config, indent=2, sort_keys=True))
+            if self.replaces:                                          # the old outputs stay until this run is done
+                shutil.rmtree(self._shard_dir, ignore_errors=True)
+                self._shard_dir.mkdir()
+            else:
+                write_atomic(out / RUN, json.dumps(self._config, indent=2, sort_keys=True))
         trainer.strategy.barrier("entrgi-writer-start")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if trainer.is_global_zero and self.replaces:                   # a failed replacing run leaves nothing
+            shutil.rmtree(self._shard_dir, ignore_errors=True)
 
     # ----------------------------------------------------------------------- writing
 
@@ -125,15 +130,20 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def merge(self, pl_module=None, wall_seconds: float | None = None) -> list[dict]:
         """Fold shards into predictions.jsonl (sorted, one record per prompt) and write summary.json."""
         by_id = {}
-        for rec in self.done_records():
+        for rec in self._run_records():
             by_id.setdefault(rec["prompt_id"], rec)  # earlier records win: a rerun never rewrites one
         records = [by_id[k] for k in sorted(by_id, key=str)]
-        _write_atomic(self.output_dir / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
-        for s in self._shards():
-            s.unlink()
+        write_atomic(self.output_dir / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
         summary = summarize(records, self._config or None)
         summary["wall_seconds_this_run"] = wall_seconds
-        _write_atomic(self.output_dir / SUMMARY, json.dumps(summary, indent=2))
+        write_atomic(self.output_dir / SUMMARY, json.dumps(summary, indent=2))
+        if self.export_rollouts:
+            write_lines(self.output_dir / ROLLOUTS, [ln for r in records for ln in rollout_lines(r)])
+        if self.replaces:
+            write_atomic(self.output_dir / RUN, json.dumps(self._config, indent=2, sort_keys=True))
+        for s in self._shards():                                       # this run's, or an older unfinished run's
+            s.unlink()
+        shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)   # this run's, or a killed replacing run's
         return records
 
 
@@ -177,6 +187,10 @@ def summarize(records: list[dict], config: dict | None) -> dict:
         "mean_avg_reward": mean([r.get("avg_reward") for r in records]),
         "seconds_per_prompt": mean([r.get("seconds") for r in records]),
         "mean_tokens_per_forward": mean([r.get("tokens_per_forward") for r in records]),
+        "selected_by": next((r["selected_by"] for r in records if r.get("selected_by")), None),
+        "judges": {name: {"mean_top1": mean([(r.get("judges") or {}).get(name, {}).get("top1") for r in records]),
+                          "mean_avg": mean([(r.get("judges") or {}).get(name, {}).get("avg") for r in records])}
+                   for name in dict.fromkeys(n for r in records for n in (r.get("judges") or {}))},
         "mean_denoising_steps": mean([r.get("denoising_steps") for r in records]),
         "mean_entropy_weight_by_step": {s: sum(v) / len(v) for s, v in sorted(steps.items())},
         "vocabulary": (config or {}).get("vocabulary"),

@@ -180,4 +180,5 @@ def cli_config(tmp_path, tiny_dlm_path, tiny_rm_path):
 
 
 def snapshot(directory: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Every file under ``directory``, by relative path."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
