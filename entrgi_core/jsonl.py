@@ -24,6 +24,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def append_lines(path: Path, lines: list[dict]) -> None:
+    """Append ``lines`` to a JSON-lines file, flushed to disk before returning."""
+    with path.open("a", encoding="utf-8") as f:
+        for ln in lines:
+            f.write(json.dumps(ln) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:

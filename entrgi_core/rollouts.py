@@ -13,13 +13,11 @@ after that checkpoint), so no step's rollouts are lost or duplicated.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from entrgi_core.jsonl import read_jsonl, write_lines
+from entrgi_core.jsonl import append_lines, read_jsonl, write_lines
 
 ROLLOUTS = "rollouts.jsonl"
 
@@ -62,11 +60,7 @@ class RolloutWriter(Callback):
         lines = outputs.get("rollouts") if isinstance(outputs, dict) else None
         if not lines:
             return
-        with self.shard(trainer.global_rank).open("a", encoding="utf-8") as f:
-            for ln in lines:
-                f.write(json.dumps(ln) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.shard(trainer.global_rank), lines)
 
     def on_train_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier("entrgi-rollouts-merge")

@@ -15,7 +15,6 @@ writes ``rollouts.jsonl``, one line per response (``entrgi_core.rollouts``), fro
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from entrgi_core.errors import InputError
-from entrgi_core.jsonl import read_jsonl, write_atomic, write_lines
+from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic, write_lines
 from entrgi_core.rollouts import ROLLOUTS, rollout_lines
 
 __all__ = ["JsonlPredictionWriter", "read_jsonl", "summarize", "total_compute"]
@@ -114,11 +113,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
     # ----------------------------------------------------------------------- writing
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        with self._shard.open("a", encoding="utf-8") as f:
-            for rec in prediction:
-                f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self._shard, prediction)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier("entrgi-writer-merge")
