@@ -195,7 +195,10 @@ def report(args) -> None:
                 print(f"{recipe:<26} {top1:>+14.3f} {own:>13.0f} {'> K=' + str(max(BON_K)):>14} {'':>12} {'':>14}")
                 continue
             saved = equal - own
-            when = f"{cost / saved:,.0f} prompts" if saved > 0 else "never"
+            if saved <= 0.5:                                  # no better than the base's Best-of-4
+                print(f"{recipe:<26} {top1:>+14.3f} {own:>13.0f} {'<= base K=4':>14} {0:>12.0f} {'never':>14}")
+                continue
+            when = f"{cost / saved:,.0f} prompts"
             print(f"{recipe:<26} {top1:>+14.3f} {own:>13.0f} {equal:>14.0f} {saved:>12.0f} {when:>14}")
 
 

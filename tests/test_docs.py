@@ -1,10 +1,11 @@
 """Every Python block and every command in README.md and docs/*.md runs as written: Python blocks
 in this interpreter, ``entrgi`` lines through the CLI in-process (the multi-process ones in fresh
 interpreters, ``slow``; those that need downloaded weights with ``--print_config``, which parses
-them without loading; ``entrgi fit`` for two small steps). The two ``make`` lines are what CI and the
-demo run."""
+them without loading; ``predict`` and ``fit`` at a test's size: 4 prompts, 8 steps of 8 tokens,
+two training steps). The two ``make`` lines are what CI and the demo run."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -92,11 +93,13 @@ def patch_dreams_own_sampler(monkeypatch):
 
 
 def arguments(line: str, tmp_path) -> list[str]:
-    args = [a if not a.startswith("outputs/") else str(tmp_path / a) for a in line.split()[1:]]
+    args = [a if not a.startswith("outputs/") else str(tmp_path / a) for a in shlex.split(line)[1:]]   # as a shell
     if "configs/paper/" in line:                       # needs downloaded weights: parse only
         return args + ["--print_config"]
     if "--output_dir" not in args and args[0] in ("predict", "fit"):
         args += ["--output_dir", str(tmp_path / "out")]
+    if args[0] == "predict" and not any(a.startswith("--sampling.steps") for a in args):   # at a test's size
+        args += ["--sampling.steps", "8", "--sampling.max_new_tokens", "8"]
     if args[0] == "fit":                               # the documented run, at a test's size
         args += ["--trainer.max_steps", "2", "--sampling.steps", "8", "--sampling.max_new_tokens", "8",
                  "--data.batch_size", "2"]
