@@ -55,7 +55,6 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 def grpo_loss(terms: TokenTerms, old_logp: Tensor, ref_logp: Tensor | None, rewards: Tensor, clip: float,
               kl_weight: float) -> tuple[Tensor, dict]:
     """The loss and its statistics (``clipped``: share of read tokens whose ratio was clipped)."""
-    b, k = rewards.shape
     advantage = (rewards - rewards.mean(1, keepdim=True)).reshape(-1, 1).to(terms.logp.device)   # (B*K, 1)
     # Only the read tokens enter the exponents: an unread token's log-probability (an unmasked
     # token predicting itself) may be -inf, and exp of it would poison the backward even when
