@@ -1,6 +1,6 @@
 """The ``entrgi`` command line: predictions, resuming, overrides, one-line errors for bad input
 (and tracebacks for everything else), the documented configurations, and equal records on one
-and two processes. Runs in this interpreter where it can; the multi-process runs are ``slow``."""
+and two processes. Runs in this interpreter where it can; whole runs and multi-process runs are ``slow``."""
 import json
 import socket
 
@@ -15,6 +15,7 @@ def predict(config, *extra):
     return in_process_cli("predict", "--config", str(config), *extra)
 
 
+@pytest.mark.slow
 def test_predict_resumes_refuses_other_data_and_overwrites(cli_config, tmp_path):
     out = tmp_path / "out"
     assert predict(cli_config)[0] == 0
@@ -36,6 +37,7 @@ def test_predict_resumes_refuses_other_data_and_overwrites(cli_config, tmp_path)
     assert summary["vocabulary"]["exact"] > 0 and summary["vocabulary"]["coverage"] > 0.95
 
 
+@pytest.mark.slow
 def test_a_prompt_over_the_limit_is_refused_and_nothing_written_changes(cli_config, tmp_path):
     out = tmp_path / "out"
     assert predict(cli_config)[0] == 0

@@ -159,6 +159,7 @@ def test_diagnose_records_states_and_bins_positions(dlm, rm):
     assert any(abs(p["gap"]) > 1e-4 for p in points)    # the relaxation is not exact for a real RM
 
 
+@pytest.mark.slow
 def test_compare_writes_the_frontier(tmp_path, tiny_dlm_path, tiny_rm_path):
     import json as _json
 

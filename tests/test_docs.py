@@ -1,8 +1,8 @@
 """Every Python block and every command in README.md and docs/*.md runs as written: Python blocks
-in this interpreter, ``entrgi`` lines through the CLI in-process (the multi-process ones in fresh
-interpreters, ``slow``; those that need downloaded weights with ``--print_config``, which parses
-them without loading; ``predict`` and ``fit`` at a test's size: 4 prompts, 8 steps of 8 tokens,
-two training steps). The two ``make`` lines are what CI and the demo run."""
+in this interpreter, ``entrgi`` lines through the CLI in-process (whole runs are ``slow``, the
+multi-process ones in fresh interpreters; those that need downloaded weights with ``--print_config``,
+which parses them without loading; ``predict`` and ``fit`` at a test's size: 4 prompts, 8 steps of
+8 tokens, two training steps). The two ``make`` lines are what CI and the demo run."""
 import os
 import re
 import shlex
@@ -110,7 +110,9 @@ ENTRGI = [(page, line) for page, line in COMMANDS if line.startswith(".venv/bin/
 IN_PROCESS = [(p, c) for p, c in ENTRGI if "--trainer.devices 2" not in c]
 
 
-@pytest.mark.parametrize("command", [c for _, c in IN_PROCESS], ids=[f"{p}:{c[17:60]}" for p, c in IN_PROCESS])
+@pytest.mark.parametrize("command", [
+    pytest.param(c, id=f"{p}:{c[17:60]}", marks=[] if "configs/paper/" in c else [pytest.mark.slow])   # a whole run
+    for p, c in IN_PROCESS])
 def test_entrgi_commands_run(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     code, err = in_process_cli(*arguments(command, tmp_path))

@@ -253,6 +253,7 @@ def exploding_model_without_cache():
 
 # ----------------------------------------------------------------------------- records and the CLI
 
+@pytest.mark.slow
 def test_the_cli_runs_threshold_decoding_and_records_tokens_per_forward(tmp_path, monkeypatch):
     from tests.conftest import ROOT
 

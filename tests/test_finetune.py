@@ -336,6 +336,7 @@ def _fit_config(tmp_path, tiny_dlm_path, tiny_rm_path, steps=2):
     return path
 
 
+@pytest.mark.slow
 def test_cli_fit_writes_a_loadable_model_and_resumes(tmp_path, tiny_dlm_path, tiny_rm_path):
     cfg = _fit_config(tmp_path, tiny_dlm_path, tiny_rm_path)
     code, err = in_process_cli("fit", "--config", str(cfg))
@@ -356,6 +357,7 @@ def test_cli_fit_writes_a_loadable_model_and_resumes(tmp_path, tiny_dlm_path, ti
     assert code == 2 and "--trainer.max_steps" in err
 
 
+@pytest.mark.slow
 def test_cli_predict_exports_rollouts(cli_config, tmp_path):
     code, err = in_process_cli("predict", "--config", str(cli_config), "--export_rollouts", "true")
     assert code == 0, err

@@ -229,6 +229,7 @@ def test_adaptive_tempering_keeps_the_ess_at_its_target():
 
 # ----------------------------------------------------------------------------- the command line
 
+@pytest.mark.slow
 def test_cli_judges_and_select_write_every_record_and_the_summary(cli_config, tmp_path):
     out = tmp_path / "out"
     judges = json.dumps([{"class_path": "entrgi_core.tinyworld.OracleJudge"}])
@@ -246,6 +247,7 @@ def test_cli_judges_and_select_write_every_record_and_the_summary(cli_config, tm
     assert json.loads((out / "run.json").read_text())["judges"][0]["name"] == "oracle"
 
 
+@pytest.mark.slow
 def test_cli_bad_text_reward_is_one_line_and_the_output_directory_is_unchanged(cli_config, tmp_path):
     out = tmp_path / "out"
     assert in_process_cli("predict", "--config", str(cli_config))[0] == 0
