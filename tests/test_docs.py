@@ -92,9 +92,14 @@ def patch_dreams_own_sampler(monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
 
 
+def parse_only(line: str) -> bool:
+    """A paper setup needs downloaded weights: the test parses it (``--print_config``), a fast check."""
+    return "configs/paper/" in line
+
+
 def arguments(line: str, tmp_path) -> list[str]:
     args = [a if not a.startswith("outputs/") else str(tmp_path / a) for a in shlex.split(line)[1:]]   # as a shell
-    if "configs/paper/" in line:                       # needs downloaded weights: parse only
+    if parse_only(line):
         return args + ["--print_config"]
     if "--output_dir" not in args and args[0] in ("predict", "fit"):
         args += ["--output_dir", str(tmp_path / "out")]
@@ -111,7 +116,7 @@ IN_PROCESS = [(p, c) for p, c in ENTRGI if "--trainer.devices 2" not in c]
 
 
 @pytest.mark.parametrize("command", [
-    pytest.param(c, id=f"{p}:{c[17:60]}", marks=[] if "configs/paper/" in c else [pytest.mark.slow])   # a whole run
+    pytest.param(c, id=f"{p}:{c[17:60]}", marks=[] if parse_only(c) else [pytest.mark.slow])   # else a whole run
     for p, c in IN_PROCESS])
 def test_entrgi_commands_run(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
