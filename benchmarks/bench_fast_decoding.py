@@ -33,7 +33,10 @@ from common import print_table  # noqa: E402
 
 from entrgi_core import DenoiseConfig, MaskedLM, generate  # noqa: E402
 from entrgi_core.hub import as_dtype  # noqa: E402
+from entrgi_core.schedules import Dream, EntropyBound, Threshold  # noqa: E402
 
+
+SCHEDULES = {"dream": Dream(), "threshold": Threshold(0.9), "entropy_bound": EntropyBound(0.1)}
 
 def synthetic_tokenizer(vocab: int):
     """A word-level tokenizer of ``vocab`` tokens: 4 specials and words w0, w1, ..."""
@@ -99,7 +102,7 @@ def main(argv=None) -> None:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--samples", type=int, default=1, help="K samples per generation")
     ap.add_argument("--sharpen", type=float, default=40.0, help="scale of the prediction head's output")
-    ap.add_argument("--schedules", nargs="+", default=["dream", "threshold", "entropy_bound"])
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--caches", nargs="+", default=["none", "prefix", "dual"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--guided", action="store_true", help="also EntRGi with a random Qwen3 reward model")
@@ -120,7 +123,8 @@ def main(argv=None) -> None:
 
     def config(schedule, cache):
         return DenoiseConfig(steps=args.length, max_new_tokens=args.length, num_samples=args.samples,
-                             block_length=args.block, schedule=schedule, cache=None if cache == "none" else cache)
+                             block_length=args.block, schedule=SCHEDULES[schedule],
+                             cache=None if cache == "none" else cache)
 
     seconds = {run[:3]: [] for run in runs}
     results = {}

@@ -34,6 +34,7 @@ from entrgi_core.data import PromptDataModule
 from entrgi_core.models import DiffusionLM, DiffusionModel
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
+from entrgi_core.schedules import SCHEDULES
 from entrgi_core.writer import JsonlPredictionWriter
 from entrgi_core.errors import InputError
 from rewards.base import RewardAdapter
@@ -43,12 +44,20 @@ KNOWN_CLASSES = {          # what a misspelled class_path is compared with
               "entrgi_core.diffusion_gemma.DiffusionGemmaLM"],
     "--reward": ["rewards.HFRewardModel", "rewards.TextReward", "rewards.Sum", "rewards.CallableReward"],
     "--guidance": [f"guidance.{c.__name__}" for c in guidance.STRATEGIES + guidance.PARTICLE_STRATEGIES],
+    "--sampling.schedule": [f"entrgi_core.schedules.{c.__name__}" for c in SCHEDULES],
 }
 
 
 def condense(message: str) -> str:
     """One paragraph from jsonargparse's nested validation messages: a misspelled class names the
     known ones; a failed instantiation keeps only the underlying error."""
+    not_a_path = re.search(r"Expected a dot import path string: (\S+)", message)
+    if not_a_path:                                         # e.g. the old spelling --sampling.schedule threshold
+        name = not_a_path.group(1)
+        known = {c.rsplit(".", 1)[1].lower(): c for cs in KNOWN_CLASSES.values() for c in cs}
+        close = difflib.get_close_matches(name.lower().replace("_", ""), list(known), n=1, cutoff=0.6)
+        hint = f" Did you mean {known[close[0]]!r}?" if close else ""
+        return f"expected a class path (module.Class), got {name!r}.{hint}"
     bad_class = re.search(r"class_path '([^']+)'", message)
     if bad_class and ("has no attribute" in message or "No module named" in message or "not a subclass" in message):
         name = bad_class.group(1)

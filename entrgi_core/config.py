@@ -1,22 +1,21 @@
 """DenoiseConfig: the sampler's settings, validated on construction (before any model work)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from entrgi_core import checks
 from entrgi_core.contract import Sampling
 from entrgi_core.errors import InputError
-from entrgi_core.schedules import PARALLEL_ALGS, SCHEDULES, ParallelSchedule
+from entrgi_core.schedules.base import CommitSchedule
 
-# confidence rules: Dream's four, then LLaDA's two remasking rules (see entrgi_core.schedules)
+# confidence rules: Dream's four, then LLaDA's two remasking rules (see entrgi_core.schedules.fixed)
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "low_confidence", "random")
-SCHEDULE_NAMES = tuple(SCHEDULES)
-PARALLEL = tuple(name for name, cls in SCHEDULES.items() if issubclass(cls, ParallelSchedule))
+CACHES = (None, "prefix", "dual")
 
 
 @dataclass(frozen=True)
 class DenoiseConfig:
-    steps: int = 128               # T denoising steps (paper: 128)
+    steps: int = 128               # T denoising steps (paper: 128); a maximum under a parallel schedule
     max_new_tokens: int = 128      # L response positions, all masked at the start (paper: 128)
     num_samples: int = 4           # K samples per prompt; Top@1 is the best of these (paper: 4)
     temperature: float = 0.7       # tau of the token sampling distribution (paper: 0.7); 0 = greedy
@@ -27,11 +26,8 @@ class DenoiseConfig:
     deprioritize_eos: bool = True  # a sampled end-of-sequence is committed last
     seed: int = 0                  # with the prompt id, seeds every random draw of a prompt
     block_length: int | None = None  # LLaDA-style semi-autoregressive blocks (None = one block)
-    schedule: str | None = None    # "dream", "llada" (fixed counts), or the parallel "threshold", "factor",
-                                   # "entropy_bound" (steps a maximum); None = the model's own default
-    threshold: float = 0.9         # schedule="threshold": commit positions whose sampled token has p >= this (Fast-dLLM)
-    factor: float = 1.0            # schedule="factor": Fast-dLLM's factor f, commit while (n+1)(1 - c_(n)) < f
-    entropy_bound: float = 0.1     # schedule="entropy_bound": gamma, commit while sum(H) - max(H) <= gamma (EB sampler)
+    schedule: CommitSchedule | None = None   # how many positions a step commits (entrgi_core.schedules, e.g.
+                                             # Threshold(0.9)); None = the model's own (Dream's, LLaDA's)
     cache: str | None = None       # block KV cache of the dLLM: None (exact), "prefix" or "dual" (approximate)
     cache_refresh: int = 0         # with a cache: also refresh it every this many steps of a block (0: at block starts)
 
@@ -43,14 +39,10 @@ class DenoiseConfig:
         checks.top_p(self.top_p, who=who)
         checks.integer(self.top_k, who=who, name="top_k", minimum=1, optional=True)
         checks.one_of(self.alg, ALGS, who=who, name="alg")
-        if self.schedule is not None and self.schedule not in SCHEDULE_NAMES:
-            raise InputError(f"{who}: schedule must be None (the model's default) or one of {SCHEDULE_NAMES}, "
-                             f"got {self.schedule!r}")
-        if self.alg == "origin" and self.schedule == "llada":
-            raise InputError(f"{who}: alg='origin' commits each position with Dream's probability 1 - s/t; it needs "
-                             "schedule='dream' (use alg='random' for LLaDA's random remasking)")
         checks.real(self.alg_temp, who=who, name="alg_temp", rule="be >= 0", ok=lambda v: v >= 0)
-        self._check_parallel(who)
+        if self.schedule is not None and not isinstance(self.schedule, CommitSchedule):
+            raise InputError(f"{who}: schedule must be None (the model's own) or a CommitSchedule object such as "
+                             f"entrgi_core.schedules.Threshold(0.9), got {self.schedule!r}")
         checks.integer(self.seed, who=who, name="seed", minimum=0)
         if self.block_length is not None:
             checks.integer(self.block_length, who=who, name="block_length", minimum=1, optional=True)
@@ -60,20 +52,12 @@ class DenoiseConfig:
             if self.steps % self.num_blocks:
                 raise InputError(f"{who}: steps={self.steps} must be a multiple of the number of blocks "
                                  f"({self.num_blocks})")
+        self._check_cache(who)
 
-    def _check_parallel(self, who: str) -> None:
-        """The parallel schedules' parameters and the block cache, all problems in one message."""
+    def _check_cache(self, who: str) -> None:
+        """The block cache's settings, all problems in one message."""
         problems = []
-        for name, rule, ok in (("threshold", "lie in (0, 1]", lambda v: 0 < v <= 1),
-                               ("factor", "be > 0", lambda v: v > 0), ("entropy_bound", "be >= 0", lambda v: v >= 0)):
-            try:
-                checks.real(getattr(self, name), who=who, name=name, rule=rule, ok=ok)
-            except InputError as exc:
-                problems.append(str(exc).removeprefix(f"{who}: "))
-        if self.schedule in PARALLEL and (self.alg not in PARALLEL_ALGS or self.alg_temp > 0):
-            problems.append(f"schedule={self.schedule!r} ranks positions by its own statistic, so it needs alg in "
-                            f"{PARALLEL_ALGS} and alg_temp=0, not alg={self.alg!r}, alg_temp={self.alg_temp}")
-        if self.cache not in (None, "prefix", "dual"):
+        if self.cache not in CACHES:
             problems.append(f"cache must be None, 'prefix' or 'dual', got {self.cache!r}")
         elif self.cache is not None and self.block_length is None:
             problems.append(f"cache={self.cache!r} keeps keys and values per block: set block_length (e.g. 32)")
@@ -81,11 +65,6 @@ class DenoiseConfig:
             problems.append(f"cache_refresh must be an integer >= 0, got {self.cache_refresh!r}")
         if problems:
             raise InputError(f"{who}: " + "; ".join(problems))
-
-    @property
-    def parallel(self) -> bool:
-        """Whether the schedule commits a variable number of positions (steps are then a maximum)."""
-        return self.schedule in PARALLEL
 
     @property
     def sampling(self) -> Sampling:
@@ -97,4 +76,23 @@ class DenoiseConfig:
         return 1 if self.block_length is None else self.max_new_tokens // self.block_length
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready settings (the schedule as its ``settings()``), for run records."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["schedule"] = self.schedule.settings() if self.schedule is not None else None
+        return out
+
+
+OLD_SCHEDULE_FIELDS = ("threshold", "factor", "entropy_bound")
+
+
+def old_spelling(config: dict | None) -> str | None:
+    """Why a run record's sampling settings (a ``to_dict``) come from the string spelling of commit
+    schedules that this version no longer reads, or None when they do not."""
+    if not isinstance(config, dict):
+        return None
+    if any(k in config for k in OLD_SCHEDULE_FIELDS) or isinstance(config.get("schedule"), str):
+        return (f"they were written by an earlier entrgi whose commit schedule was a string "
+                f"(schedule={config.get('schedule')!r} with threshold/factor/entropy_bound fields); schedules are "
+                "objects now (e.g. --sampling.schedule entrgi_core.schedules.Threshold), so the two cannot be "
+                "compared")
+    return None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from entrgi_core.config import old_spelling
 from entrgi_core.errors import InputError
 from entrgi_core.jsonl import write_atomic
 
@@ -94,6 +95,10 @@ class FitOutputs(Callback):
         if self.overwrite or not run.exists():
             return
         existing = json.loads(run.read_text())
+        old = old_spelling(existing.get("config"))
+        if old is not None:
+            raise InputError(f"{out} holds a training run this version cannot resume: {old}; nothing was changed. "
+                             "Choose another output_dir, or pass --overwrite true to replace it.")
         if existing != self._identity:
             diff = sorted(k for k in set(existing) | set(self._identity) if existing.get(k) != self._identity.get(k))
             raise InputError(f"{out} holds another training run (different {', '.join(diff)}); nothing was changed. "

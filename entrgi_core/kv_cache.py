@@ -60,14 +60,16 @@ class BlockCache:
             self.logits = self.logits[ancestors]
         self.block = self.block[ancestors]
 
-    def masked_logits(self, model, ids: Tensor, attn: Tensor, pos: Tensor, width: int, idx: Tensor, block: Tensor,
-                      local: Tensor, block_len: int, row_tokens: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    def masked_logits(self, model, ids: Tensor, attn: Tensor, pos: Tensor, width: int, idx: Tensor, blocks,
+                      row_tokens: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (N, V) at the masked positions ``(r, c)`` (rows of the canvas) and the tokens each
         of the rows ``idx`` (n,) ran (n,): a refresh for rows that start a block (or are due), a
-        cached run for the others, grouped by block; kept logits where nothing ran (dual)."""
+        cached run for the others, grouped by block; kept logits where nothing ran (dual).
+        ``blocks`` is the rows' ``entrgi_core.schedules.Blocks``."""
+        block, block_len = blocks.block, blocks.length
         need = self.block[idx] != block[idx]
         if self.refresh_every > 0:
-            need |= local[idx] % self.refresh_every == 0
+            need |= blocks.local[idx] % self.refresh_every == 0
         tokens = torch.empty(len(idx), dtype=torch.long, device=ids.device)
         fresh = need.nonzero().squeeze(1)                             # host sync: which rows refresh
         if fresh.numel():

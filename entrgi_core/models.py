@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from entrgi_core.errors import InputError
 from entrgi_core.hub import as_dtype, check_remote_code, check_source, max_positions
-from entrgi_core.schedules import check_rule, make_schedule
+from entrgi_core.schedules import CommitSchedule, Dream, LLaDA
 from entrgi_core.stops import first_stop, stop_ids
 
 
@@ -134,7 +134,7 @@ class DiffusionLM(DiffusionModel):
     """
 
     shift_logits: bool = False
-    default_schedule: str = "dream"   # commit schedule when DenoiseConfig.schedule is None
+    default_schedule: CommitSchedule = Dream()   # when DenoiseConfig.schedule is None (schedules are immutable)
     cache_modes: tuple[str, ...] = ()  # block KV cache modes it offers (entrgi_core.kv_cache)
     no_cache_reason = "its forward takes no key/value cache"
 
@@ -163,7 +163,6 @@ class DiffusionLM(DiffusionModel):
         super()._setup(model, tokenizer, name, mask_id=self.mask_id)
 
     def check(self, config, guidance=None) -> None:
-        check_rule(config.alg, make_schedule(config.schedule or self.default_schedule, config), config.alg_temp)
         if config.cache is not None and config.cache not in self.cache_modes:
             offered = f"it offers {list(self.cache_modes)}" if self.cache_modes else self.no_cache_reason
             raise InputError(f"{type(self).__name__}: cache={config.cache!r} is not available: {offered}; "
@@ -279,7 +278,7 @@ class LLaDALM(DiffusionLM):
     are exact only when prompts have equal length; use batch_size 1 for strict batch invariance."""
 
     auto_class = "AutoModel"
-    default_schedule = "llada"
+    default_schedule = LLaDA()
     no_cache_reason = "LLaDA's own modelling code asserts that it is given no key/value cache"
 
     def __init__(self, path: str = "GSAI-ML/LLaDA-8B-Instruct", *, dtype: str = "bfloat16",

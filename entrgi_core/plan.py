@@ -3,7 +3,8 @@
 ``Plan.check(model, reward, guidance, config, select=, judges=)`` runs every check that depends
 on the settings once, before any model compute: the reward is there when the strategy reads it,
 and differentiable when the strategy differentiates it, the strategy can work with the sampler's
-settings, the model can honour them (``model.check``), the vocabulary alignment covers the
+settings, the model can honour them (``model.check``), the commit schedule (the config's, else
+the model's own) can work with them (``schedule.check``), the vocabulary alignment covers the
 dLLM's tokens for every reward model guidance reads, and the selector and judges score text.
 ``plan.batch(prompts, ids)`` checks what depends on the prompts (strings, not empty, within both
 models' position limits) and encodes them. ``generate`` does both; ``GuidedDenoiser`` checks its plan once on construction and its
@@ -26,6 +27,7 @@ class Plan:
     max_pieces: int = 1           # the most reward-model tokens one dLLM token takes (over the models guidance reads)
     select: object | None = None  # picks Top@1 (None: the reward)
     judges: tuple = ()            # score the final responses only (evaluation)
+    schedule: object | None = None   # the commit schedule: the config's, else the model's own (None: own loop)
 
     @property
     def guided(self) -> bool:
@@ -55,11 +57,14 @@ class Plan:
         if guided:
             guidance.check(cfg.temperature, cfg.top_p)
         model.check(cfg, guidance)
+        schedule = cfg.schedule if cfg.schedule is not None else getattr(model, "default_schedule", None)
+        if schedule is not None:
+            schedule.check(cfg)
         pieces = 1
         if guided and guidance.reads_embeddings:                       # the alignments' coverage checks, once
             pieces = max(term.aligned(model.tokenizer, model.vocab_size).max_pieces for _, term in reward.parts())
         return cls(model=model, reward=reward, guidance=guidance, config=cfg, max_pieces=pieces, select=select,
-                   judges=judges)
+                   judges=judges, schedule=schedule)
 
     def batch(self, prompts, prompt_ids: list | None = None, *, check_lengths: bool = True) -> "Batch":
         """The prompts checked and encoded; ``prompt_ids`` default to their positions."""

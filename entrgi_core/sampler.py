@@ -3,8 +3,8 @@
 ``generate`` checks a plan (``entrgi_core.plan``) and runs it. For a masked diffusion LM that is
 ``denoise``: every row starts from ``[left padding | prompt | L x MASK]`` and each ``step`` runs one
 dLLM forward over all B*K rows, guidance on the masked positions' logits (all rows at once), a
-draw at every masked position and a commit of the positions the schedule picks
-(``entrgi_core.schedules``). Every random draw is keyed by (seed, prompt id, sample, step,
+draw at every masked position and a commit of the positions the plan's schedule picks
+(``entrgi_core.schedules``), inside each row's current block (``Blocks``). Every random draw is keyed by (seed, prompt id, sample, step,
 position), so a prompt's samples do not depend on what it is batched with or on which device it
 runs. A model with its own loop (``OwnLoopLM``) samples itself, guided from inside. Both end in
 ``entrgi_core.result.finish``. Guidance is any ``entrgi_core.contract.Guidance``; None is
@@ -29,7 +29,7 @@ from entrgi_core.models import OwnLoopLM
 from entrgi_core.plan import Batch, Plan
 from entrgi_core.result import GenerationResult, Rollout, finish
 from entrgi_core.reward_side import RewardSide
-from entrgi_core.schedules import CommitSchedule, commit_mask, make_schedule, parallel_commit
+from entrgi_core.schedules import Blocks, CommitSchedule, CommitView
 
 SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence")
 
@@ -70,12 +70,10 @@ class Rows:
     stops: Tensor                   # (S,) ids that end a response
     side: RewardSide | None         # the reward side (when the strategy reads the reward model)
     schedule: CommitSchedule
+    blocks: Blocks                  # each row's current block and the steps it took there
     particles: object | None        # a particle strategy's state
     row_tokens: Tensor              # (R,) real tokens of a full forward of each row (prompt + L, no padding)
     cache: BlockCache | None = None
-    block: Tensor | None = None     # (R,) each row's current block
-    local: Tensor | None = None     # (R,) steps each row has taken in its current block
-    at_block_start: Tensor | None = None   # (R,) masked count of the current block at its first step
     forwards: Tensor | None = None  # (R,) dLLM forwards each row ran (steps while it had masked positions)
     tokens: Tensor | None = None    # (R,) the tokens those forwards ran
     diag: dict = field(default_factory=lambda: {"step": [], "weight": [], "reward_before": [], "reward_after": []})
@@ -112,10 +110,10 @@ def start(plan: Plan, batch: Batch) -> Rows:
     return Rows(ids=rep(ids), attn=rep(attn), pos=rep(pos), width=width,
                 keys=rng.row_keys(cfg.seed, batch.prompt_ids, k, device=device),
                 stops=torch.tensor(model.stop_ids, dtype=torch.long, device=device), side=side,
-                schedule=make_schedule(cfg.schedule or model.default_schedule, cfg),
+                schedule=plan.schedule,
+                blocks=Blocks(r, cfg.max_new_tokens, cfg.num_blocks, cfg.steps // cfg.num_blocks, device),
                 particles=g.begin(len(batch), k, device) if g is not None and g.particles else None,
-                row_tokens=rep(attn.sum(1)), forwards=zeros, tokens=zeros.clone(), block=zeros.clone() - 1,
-                local=zeros.clone(), at_block_start=zeros.clone(),
+                row_tokens=rep(attn.sum(1)), forwards=zeros, tokens=zeros.clone(),
                 cache=BlockCache(cfg.cache, cfg.cache_refresh, r, device) if cfg.cache is not None else None)
 
 
@@ -123,7 +121,7 @@ def step(plan: Plan, rows: Rows, index: int, *, diagnose: bool = False) -> bool:
     """Denoising step ``index``: forward, guidance, draw, commit. False when nothing was masked."""
     model, cfg = plan.model, plan.config
     masked = rows.response == model.mask_id                            # (R, L)
-    eligible, last = _eligible(cfg, rows, masked, index)
+    eligible, last = rows.blocks.enter(masked, index, rows.schedule.lockstep)
     r, c = masked.nonzero(as_tuple=True)                               # one host sync per step
     if r.numel() == 0:
         return False
@@ -135,39 +133,20 @@ def step(plan: Plan, rows: Rows, index: int, *, diagnose: bool = False) -> bool:
                              keys=rows.keys, samples=cfg.num_samples, sampling=cfg.sampling, diagnose=diagnose)
     phi = _guide(plan, rows, gstep, phi0, idx, masked)
     x0, conf = _draw_block(cfg, rows, r, c, phi, phi0, index, eligible, model.mask_id)
-    commit = _commit(cfg, rows, index, conf=conf, x0=x0, r=r, c=c, eligible=eligible, last=last)
+    commit = rows.schedule.commit(CommitView(
+        config=cfg, stat=conf, sampled=x0, rows=r, cols=c, eligible=eligible, last=last,
+        at_block_start=rows.blocks.at_block_start, local=index % rows.blocks.steps, block_steps=rows.blocks.steps,
+        index=index, keys=rows.keys, stop_ids=rows.stops))
     resp = rows.response
     proposal = resp.clone()
     proposal[r, c] = x0
     rows.ids[:, rows.width:] = torch.where(commit, proposal, resp)
-    rows.local += masked.any(1)
+    rows.blocks.taken(masked)
     if rows.particles is not None:
-        left = rows.response == model.mask_id
-        filled = left.view(left.shape[0], cfg.num_blocks, -1).any(2)                 # (R, blocks)
-        done = torch.where(filled.any(1), filled.int().argmax(1), torch.full_like(rows.block, cfg.num_blocks))
+        done = rows.blocks.done(rows.response == model.mask_id)
         _observe(plan.guidance, rows, gstep, StepUpdate(base=phi0, proposal=phi, sampled=x0, committed=commit[r, c],
                                                         tokens=rows.response, blocks_done=done))
     return True
-
-
-def _eligible(cfg: DenoiseConfig, rows: Rows, masked: Tensor, index: int) -> tuple[Tensor, Tensor]:
-    """(R, L) the masked positions of each row's current block, and (R,) the rows at their block's
-    last allowed step. Fixed schedules keep every row in lockstep (block ``index // S``); parallel
-    ones move each row on as soon as its block is full."""
-    per_block = cfg.steps // cfg.num_blocks
-    block_len = masked.shape[1] // cfg.num_blocks
-    if rows.schedule.parallel:
-        filled = masked.view(masked.shape[0], cfg.num_blocks, block_len).any(2)          # (R, blocks)
-        block = torch.where(filled.any(1), filled.int().argmax(1), torch.full_like(rows.block, cfg.num_blocks))
-    else:
-        block = torch.full_like(rows.block, index // per_block)
-    moved = block != rows.block
-    rows.local = torch.where(moved, torch.zeros_like(rows.local), rows.local)
-    rows.block = block
-    col = torch.arange(masked.shape[1], device=masked.device)
-    eligible = masked & (col[None, :] // block_len == block[:, None])
-    rows.at_block_start = torch.where(moved, eligible.sum(1), rows.at_block_start)
-    return eligible, rows.local >= per_block - 1
 
 
 def _guide(plan: Plan, rows: Rows, gstep: GuidanceStep | None, phi0: Tensor, idx: Tensor, masked: Tensor) -> Tensor:
@@ -191,12 +170,12 @@ def _guide(plan: Plan, rows: Rows, gstep: GuidanceStep | None, phi0: Tensor, idx
 def _forward(plan: Plan, rows: Rows, masked: Tensor, r: Tensor, c: Tensor) -> Tensor:
     """The logits (N, V) float32 of the masked positions: one forward of the rows that still have
     any (cached, when the plan asks for a block cache), counted per row."""
-    model, cfg = plan.model, plan.config
+    model = plan.model
     active = masked.any(1)                                             # (R,)
     idx = active.nonzero().squeeze(1)                                  # host sync
     if rows.cache is not None:
-        phi0, tokens = rows.cache.masked_logits(model, rows.ids, rows.attn, rows.pos, rows.width, idx, rows.block,
-                                                rows.local, masked.shape[1] // cfg.num_blocks, rows.row_tokens, r, c)
+        phi0, tokens = rows.cache.masked_logits(model, rows.ids, rows.attn, rows.pos, rows.width, idx, rows.blocks,
+                                                rows.row_tokens, r, c)
     elif len(idx) == len(active):                                      # every row: no copy
         phi0 = model.logits(rows.ids, rows.attn, rows.pos)[:, rows.width:][r, c].float()
         tokens = rows.row_tokens
@@ -225,15 +204,15 @@ def _draw_block(cfg: DenoiseConfig, rows: Rows, r: Tensor, c: Tensor, phi: Tenso
 
 def draw(cfg: DenoiseConfig, keys: Tensor, r: Tensor, c: Tensor, phi: Tensor, phi0: Tensor, index: int, *,
          schedule: CommitSchedule, guided: bool = False):
-    """Tokens (N,) drawn from ``phi`` (N, V) and their commit statistic (N,) (None for rules
-    without one). Dream's "entropy" confidence is read from the unguided ``phi0`` (``guided``: phi
-    is not phi0); a parallel schedule's statistic (the sampled token's probability, or the
-    entropy) from ``phi``."""
+    """Tokens (N,) drawn from ``phi`` (N, V) and the schedule's statistic (N,) (None for rules
+    without one): ``"probability"`` (of the sampled token) and ``"entropy"`` read ``phi``; ``"alg"``
+    is the config's confidence rule, whose Dream ``entropy`` reads the unguided ``phi0``
+    (``guided``: phi is not phi0)."""
     u = rng.uniform(rng.derive(keys[r], rng.SAMPLE, index, c))
     opts = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-    if schedule.parallel:
-        if schedule.statistic == "entropy":
-            return sample_tokens(phi, u, **opts)[0], -neg_entropy(phi, **opts)
+    if schedule.statistic == "entropy":
+        return sample_tokens(phi, u, **opts)[0], -neg_entropy(phi, **opts)
+    if schedule.statistic == "probability":
         return sample_tokens(phi, u, **opts, confidence="maskgit_plus")
     confidence = cfg.alg if cfg.alg in SAMPLE_CONFIDENCES else None
     separate = confidence == "entropy" and guided                    # one pass when unguided
@@ -243,28 +222,13 @@ def draw(cfg: DenoiseConfig, keys: Tensor, r: Tensor, c: Tensor, phi: Tensor, ph
     return x0, conf
 
 
-def _commit(cfg: DenoiseConfig, rows: Rows, index: int, *, conf, x0, r, c, eligible, last) -> Tensor:
-    """(R, L) the positions committed at this step, by the rows' schedule."""
-    if rows.schedule.parallel:
-        return parallel_commit(rows.schedule, stat=conf, x0=x0, rows=r, cols=c, eligible=eligible, last=last,
-                               stop_ids=rows.stops, deprioritize_eos=cfg.deprioritize_eos)
-    col = torch.arange(eligible.shape[1], device=eligible.device)
-    order_u = rng.uniform(rng.derive(rows.keys[:, None], rng.ORDER, index, col[None, :]))   # (R, L)
-    per_block = cfg.steps // cfg.num_blocks
-    return commit_mask(cfg.alg, rows.schedule, conf=conf, x0=x0, rows=r, cols=c, eligible=eligible,
-                       at_block_start=rows.at_block_start, local=index % per_block, steps=per_block,
-                       order_u=order_u, stop_ids=rows.stops, deprioritize_eos=cfg.deprioritize_eos,
-                       alg_temp=cfg.alg_temp)
-
-
 def _observe(guidance, rows: Rows, gstep: GuidanceStep, update: StepUpdate) -> None:
     """A particle strategy's reading of the step; rows are resampled within prompts by its ancestors
     (a row takes its ancestor's canvas and block state, and keeps its own keys and counters)."""
     ancestors = guidance.observe(rows.particles, gstep, update)      # (R,) or None
     if ancestors is not None:
         rows.ids = rows.ids[ancestors]
-        rows.at_block_start, rows.block, rows.local = (t[ancestors] for t in (rows.at_block_start, rows.block,
-                                                                            rows.local))
+        rows.blocks.reorder(ancestors)
         if rows.cache is not None:
             rows.cache.reorder(ancestors)
 

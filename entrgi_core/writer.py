@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from entrgi_core.config import old_spelling
 from entrgi_core.errors import InputError
 from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic, write_lines
 from entrgi_core.rollouts import ROLLOUTS, rollout_lines
@@ -74,6 +75,11 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero and not self.overwrite and self.done_records():
             existing = json.loads(run_file.read_text()) if run_file.exists() else None
             if existing != self._config:
+                old = old_spelling((existing or {}).get("config"))
+                if old is not None:
+                    raise InputError(f"{out} holds predictions this version cannot resume or extend: {old}; nothing "
+                                     "was changed. Choose another output directory, or pass --overwrite true to "
+                                     "replace them.")
                 what = _difference(existing, self._config)
                 raise InputError(
                     f"{out} holds predictions of a different {what} ({run_file}); nothing was changed. "

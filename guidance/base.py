@@ -105,28 +105,20 @@ class GatedGuidance(Guidance):
     def check(self, temperature: float, top_p: float) -> None:
         self.sampling(temperature, top_p)
 
-    def settings(self) -> dict:
-        return {**super().settings(), "gate": self.gate, "steps": self.steps, "lr": self.lr,
-                "optimizer": self.optimizer, "entropy_temperature": self.entropy_temperature,
-                "start": self.start, "stop": self.stop, "every": self.every, "min_entropy": self.min_entropy,
-                "temperature": self.temperature, "top_p": self.top_p}
-
     def _make_optimizer(self, params):
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=self.lr)
         return torch.optim.SGD(params, lr=self.lr)
 
-    def relaxed_reading(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Reading, Tensor]:
-        """The reward-model reading (rewards (R,), tokens) of the input relaxed from ``phi`` (N, V)
-        with inner step ``inner``'s hard sample, and the gate weights (N,)."""
-        rel = self.relaxation(step)
-        hard = step.hard_tokens(phi, inner, temperature=rel.temperature, top_p=rel.top_p)
-        return step.read_relaxed(phi, hard, rel)
+    def relaxed_reading(self, phi: Tensor, step: GuidanceStep, inner: int) -> Reading:
+        """The reward-model reading (rewards (R,), tokens, gate weights (N,)) of the input relaxed
+        from ``phi`` (N, V) by this strategy's gate, with inner step ``inner``'s hard sample."""
+        return step.read(phi, self.relaxation(step), inner=inner)
 
     def relaxed_reward(self, phi: Tensor, step: GuidanceStep, inner: int) -> tuple[Tensor, Tensor]:
         """Rewards (R,) of the relaxed input and the gate weights (N,) (see ``relaxed_reading``)."""
-        reading, weight = self.relaxed_reading(phi, step, inner)
-        return reading.rewards, weight
+        reading = self.relaxed_reading(phi, step, inner)
+        return reading.rewards, reading.weight
 
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
         """M optimiser steps on ``-sum(rewards)`` from ``phi`` (N, V); the loop calls it only where
@@ -136,12 +128,11 @@ class GatedGuidance(Guidance):
         weight = before = None
         with torch.enable_grad():
             for m in range(self.steps):
-                reading, w = self.relaxed_reading(var, step, m)
+                reading = self.relaxed_reading(var, step, m)       # counts its forward, and its backward below
                 if m == 0:
-                    weight, before = w.detach(), reading.rewards.detach()
+                    weight, before = reading.weight.detach(), reading.rewards.detach()
                 opt.zero_grad(set_to_none=True)
                 (-reading.rewards.sum()).backward()
-                step.count_backward(reading)
                 opt.step()
         after = None
         if step.diagnose:

@@ -153,12 +153,6 @@ class SMC(Guidance):
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
         return self.proposal.refine(phi, step)
 
-    def settings(self) -> dict:
-        return {**super().settings(), "proposal": self.proposal.settings() if self.proposal is not None else None,
-                "beta": self.beta, "potential": self.potential, "intermediate": self.intermediate,
-                "every": self.every, "ess_threshold": self.ess_threshold, "scheme": self.scheme,
-                "resample_at": self.resample_at, "read_with": self.read_with}
-
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k not in ("class", "proposal"))
 
@@ -273,14 +267,12 @@ class SMC(Guidance):
                 if self.read_with == "select" or not step.side.parts:   # a text reward, or the selector
                     scorer = step.side.select if self.read_with == "select" else None
                     rewards = sub.read_text(done, scorer)
-                else:
+                else:                                                   # no masked position left to relax
                     none = rows[:0]
-                    rewards = replace(sub, tokens=done, rows=none, cols=none).read_relaxed(
-                        phi[:0], none, default_relaxation(sub))[0].rewards
+                    rewards = replace(sub, tokens=done, rows=none, cols=none).read(phi[:0], hard=none).rewards
             else:
                 rel = self.proposal.relaxation(step) if self.proposal is not None else default_relaxation(step)
-                hard = sub.hard_tokens(phi, -1, temperature=rel.temperature, top_p=rel.top_p)
-                rewards = sub.read_relaxed(phi, hard, rel)[0].rewards
+                rewards = sub.read(phi, rel, inner=-1).rewards
         return torch.full((len(read),), float("nan"), device=rewards.device, dtype=rewards.dtype).index_put(
             (idx,), rewards)
 

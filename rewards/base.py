@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from entrgi_core.contract import AlignedVocab
+from entrgi_core.reward_side import AlignedVocab
 from rewards.vocab import VocabAlignment, align_vocab
 
 

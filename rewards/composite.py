@@ -82,7 +82,7 @@ class Sum(RewardAdapter):
         raise InputError(f"{self.name}: a composite is prepared term by term (reward.parts())")
 
     def score_embeds(self, ctx, embeds, keep):
-        raise InputError(f"{self.name}: a composite reads embeddings term by term (GuidanceStep.read_relaxed)")
+        raise InputError(f"{self.name}: a composite reads embeddings term by term (GuidanceStep.read)")
 
     @property
     def device(self) -> torch.device:

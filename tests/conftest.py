@@ -1,48 +1,31 @@
-"""Shared fixtures and helpers (test modules import nothing from each other, only from here and
-from the helper modules ``tests/tiny.py`` and ``tests/dream_like.py``)."""
-import json
+"""Fixtures shared by the test modules (their helpers are in ``tests/helpers.py``).
+
+Tests run on the CPU with one intra-op thread per test process: on a machine whose cores other
+jobs also use, torch's worker threads would spin waiting for each other (a test that measures
+threading sets its own)."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-import torch
-import transformers
-import yaml
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Tests run on the CPU with a fixed, small thread count so they behave the same everywhere.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import yaml  # noqa: E402
+
+from tests.helpers import REVIEW_PROMPTS, prompts_file, save_tiny_dlm, save_tiny_rm  # noqa: E402
+
+torch.set_num_threads(1)
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 
-ROOT = Path(__file__).resolve().parents[1]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-PROMPTS = ["write a review of the hotel", "write a review of this phone", "write a review of the museum"]
-REVIEW_PROMPTS = [f"write a review of {s}" for s in ["the hotel", "the zoo", "the park", "this phone", "the museum",
-                                                      "the beach", "this book"]]
-
-
-def small_config(**kw):
-    from entrgi_core import DenoiseConfig
-
-    return DenoiseConfig(**{**dict(steps=6, max_new_tokens=8, num_samples=2, seed=3), **kw})
-
-
-# ----------------------------------------------------------------------------- models
 
 @pytest.fixture(scope="session")
 def tiny_dlm_path(tmp_path_factory):
-    from tests.tiny import save_tiny_dlm
-
     return save_tiny_dlm(tmp_path_factory.mktemp("dlm"))
 
 
 @pytest.fixture(scope="session")
 def tiny_rm_path(tmp_path_factory):
-    from tests.tiny import save_tiny_rm
-
     return save_tiny_rm(tmp_path_factory.mktemp("rm"))
 
 
@@ -69,98 +52,6 @@ def world():
     return MaskedLM(str(tinyworld.dlm_path())), HFRewardModel(str(tinyworld.rm_path()))
 
 
-def exploding_model(positions: int = 64):
-    """A masked LM on the tiny world's tokenizer that fails the test if it is ever run."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    from entrgi_core.models import DiffusionLM
-    from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
-
-    class Exploding(DiffusionLM):
-        def forward_logits(self, *a):
-            raise AssertionError("model ran")
-
-    tok = build_dlm_tokenizer()
-    return Exploding.from_model(BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
-                                                           num_attention_heads=1, intermediate_size=8,
-                                                           max_position_embeddings=positions)), tok)
-
-
-def make_step(dlm, rm, tokens, rows, cols, *, prompts=None, **kw):
-    """A GuidanceStep over the canvas ``tokens`` (R, L) with masked ``(rows, cols)``; the reward side
-    reads ``prompts`` (default: the first prompt on every row)."""
-    from entrgi_core.contract import GuidanceStep, Sampling
-    from entrgi_core.reward_side import RewardSide
-
-    r = tokens.shape[0]
-    side = RewardSide.build(rm, prompts or PROMPTS[:1] * r, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size,
-                            stop_ids=dlm.stop_ids, device=tokens.device)
-    fields = dict(index=0, total=10, side=side, tokens=tokens, rows=rows, cols=cols,
-                  keys=torch.arange(r, device=tokens.device), samples=r, sampling=Sampling(0.7, 0.95, None))
-    return GuidanceStep(**{**fields, **kw})
-
-
-# ----------------------------------------------------------------------------- records and the CLI
-
-def read_jsonl(path):
-    from entrgi_core.writer import read_jsonl as read
-
-    return read(Path(path))
-
-
-def strip(records):
-    """Records without timings, and with float noise (batch-size dependent rounding) rounded off."""
-    def rounded(v):
-        if isinstance(v, float):
-            return round(v, 4)
-        if isinstance(v, list):
-            return [rounded(x) for x in v]
-        if isinstance(v, dict):
-            return {k: rounded(x) for k, x in v.items()}
-        return v
-    return [{k: rounded(v) for k, v in r.items() if k != "seconds"} for r in records]
-
-
-def trainer(callbacks, **kw):
-    import lightning as L
-
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-                     callbacks=callbacks, **kw)
-
-
-def cli(*args, cwd=ROOT, env_extra=None, check=True):
-    """``entrgi ARGS`` in a fresh interpreter (a slow test)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "entrgi_core.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"entrgi {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def in_process_cli(*args):
-    """``entrgi ARGS`` in this interpreter: (exit status, stderr lines)."""
-    import contextlib
-    import io
-
-    from entrgi_core.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as done:
-            code = done.code or 0
-    return code, err.getvalue()
-
-
-def prompts_file(path: Path, prompts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"prompt": p, "id": f"p{i}"}) + "\n" for i, p in enumerate(prompts)))
-    return path
-
-
 @pytest.fixture
 def cli_config(tmp_path, tiny_dlm_path, tiny_rm_path):
     """A config file for the random tiny models: EntRGi M=1, T=4, L=8, K=2, 7 prompts in batches of 2."""
@@ -177,8 +68,3 @@ def cli_config(tmp_path, tiny_dlm_path, tiny_rm_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def snapshot(directory: Path) -> dict:
-    """Every file under ``directory``, by relative path."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}

@@ -1,6 +1,5 @@
-"""The ``entrgi`` command line: predictions, resuming, overrides, one-line errors for bad input
-(and tracebacks for everything else), the documented configurations, and equal records on one
-and two processes. Runs in this interpreter where it can; whole runs and multi-process runs are ``slow``."""
+"""The entrgi command line (entrgi_core.cli): configs, one-line errors, resuming and several
+processes."""
 import json
 import socket
 
@@ -8,11 +7,46 @@ import pytest
 import yaml
 
 from entrgi_core.errors import InputError
-from tests.conftest import REVIEW_PROMPTS, ROOT, cli, in_process_cli, prompts_file, read_jsonl, snapshot, strip
+from tests.helpers import (
+    REVIEW_PROMPTS,
+    ROOT,
+    cli,
+    in_process_cli,
+    prompts_file,
+    read_jsonl,
+    snapshot,
+    strip,
+)
 
 
 def predict(config, *extra):
     return in_process_cli("predict", "--config", str(config), *extra)
+
+
+PAPER = ROOT / "configs" / "paper"
+
+
+PARTS = {part: sorted((PAPER / part).glob("*.yaml")) for part in ("dlm", "reward", "data", "method")}
+
+
+def print_config(files, capsys, *extra):
+    code, err = in_process_cli("predict", *[a for f in files for a in ("--config", str(f))], *extra, "--print_config")
+    assert code == 0, err
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def each_part_once():
+    """Every config file parsed once: the paper's base with each part in turn (the others at their
+    first file), the tiny default, and the DiffusionGemma overlay. Parts set disjoint keys, so a
+    part that parses here parses in every combination."""
+    first = {part: paths[0] for part, paths in PARTS.items()}
+    combos = [[ROOT / "configs" / "tiny.yaml"]]
+    for part, paths in PARTS.items():
+        for path in paths if part == "dlm" else paths[1:]:
+            combos.append([PAPER / "base.yaml", *[path if p == part else first[p] for p in PARTS]])
+    combos.append([PAPER / "base.yaml", ROOT / "configs" / "diffusion_gemma.yaml", first["reward"], first["data"],
+                   first["method"]])
+    return combos
 
 
 @pytest.mark.slow
@@ -107,37 +141,11 @@ def test_help_names_the_commands(capsys):
     assert code == 0 and "entrgi predict --config" in capsys.readouterr().out
 
 
-# ----------------------------------------------------------------------------- documented configurations
-
-PAPER = ROOT / "configs" / "paper"
-PARTS = {part: sorted((PAPER / part).glob("*.yaml")) for part in ("dlm", "reward", "data", "method")}
-
-
-def print_config(files, capsys, *extra):
-    code, err = in_process_cli("predict", *[a for f in files for a in ("--config", str(f))], *extra, "--print_config")
-    assert code == 0, err
-    return yaml.safe_load(capsys.readouterr().out)
-
-
 def test_paper_parts_cover_the_paper_setups():
     names = {part: {p.stem for p in paths} for part, paths in PARTS.items()}
     assert names == {"dlm": {"dream7b", "llada8b"}, "reward": {"skywork0p6b", "skywork1p7b", "skywork4b"},
                      "data": {"rmbench", "judgebench", "rewardbench2"},
                      "method": {"entrgi", "aps", "expectation", "bon"}}
-
-
-def each_part_once():
-    """Every config file parsed once: the paper's base with each part in turn (the others at their
-    first file), the tiny default, and the DiffusionGemma overlay. Parts set disjoint keys, so a
-    part that parses here parses in every combination."""
-    first = {part: paths[0] for part, paths in PARTS.items()}
-    combos = [[ROOT / "configs" / "tiny.yaml"]]
-    for part, paths in PARTS.items():
-        for path in paths if part == "dlm" else paths[1:]:
-            combos.append([PAPER / "base.yaml", *[path if p == part else first[p] for p in PARTS]])
-    combos.append([PAPER / "base.yaml", ROOT / "configs" / "diffusion_gemma.yaml", first["reward"], first["data"],
-                   first["method"]])
-    return combos
 
 
 def test_each_part_is_parsed():
@@ -196,8 +204,6 @@ def test_the_cli_ties_the_slice_to_the_sampling_seed(cli_config, capsys, monkeyp
     assert seen["seed"] == 3
 
 
-# ----------------------------------------------------------------------------- several processes
-
 @pytest.mark.slow
 def test_cli_two_processes_equal_one(cli_config, tmp_path):
     cli("predict", "--config", str(cli_config), "--output_dir", str(tmp_path / "one"))
@@ -213,15 +219,3 @@ def test_a_fresh_interpreter_prints_one_line_for_bad_input(cli_config, tmp_path)
     proc = cli("predict", "--config", str(cli_config), "--guidance.steps", "-1", check=False)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("entrgi: error")]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
-
-
-def test_model_sources_are_classified_without_the_network(monkeypatch, tmp_path):
-    from entrgi_core.hub import check_source
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    check_source(str(tmp_path), "x")                                   # a local directory
-    for name in ("gpt2", "org/model"):                                 # hub names, legacy and org/name
-        with pytest.raises(FileNotFoundError, match="not in the local cache, and offline mode is set"):
-            check_source(name, "x")
-    for path in ("./model", "/abs/model", "a/b/c", str(tmp_path / "f.txt")):
-        with pytest.raises(FileNotFoundError, match="does not exist"):
-            check_source(path, "x")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, in_process_cli
+from tests.helpers import ROOT, in_process_cli
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TEXT = {page: page.read_text() for page in PAGES}
@@ -48,7 +48,7 @@ def test_python_blocks_run(block, tmp_path, monkeypatch):
     random models of the same classes in their place (no downloads), with room for 128 tokens."""
     from entrgi_core import DreamLM, MaskedLM
     from rewards import HFRewardModel
-    from tests.tiny import save_tiny_dlm, save_tiny_rm
+    from tests.helpers import save_tiny_dlm, save_tiny_rm
 
     def tiny_dream(path, **kwargs):
         assert path.count("/") == 1, path                                   # a hub name, as written

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # Only these may import the strategy and reward packages: the command line, the experiment tools
 # and the tiny world (which trains and evaluates with them).
@@ -63,8 +63,9 @@ def test_each_public_package_imports_first_in_a_fresh_interpreter(package):
 
 
 def test_installing_brings_the_runtime_dependencies():
-    import tomllib
     from importlib import metadata
+
+    import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     build = " ".join(project["build-system"]["requires"])

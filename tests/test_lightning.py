@@ -10,8 +10,8 @@ from entrgi_core.data import PromptDataModule, text_id
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.writer import JsonlPredictionWriter, read_jsonl
 from guidance import EntRGi, NoGuidance
-from tests.conftest import REVIEW_PROMPTS as PROMPTS
-from tests.conftest import prompts_file, strip, trainer
+from tests.helpers import REVIEW_PROMPTS as PROMPTS
+from tests.helpers import prompts_file, strip, trainer
 
 CFG = DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2)
 

@@ -10,7 +10,7 @@ import torch
 import entrgi_core.ops as ops
 from entrgi_core.errors import NonFiniteLogitsError
 from entrgi_core.ops import relax_embeddings, relax_embeddings_reference
-from tests.conftest import requires_cuda
+from tests.helpers import requires_cuda
 
 GATES = ["entropy", "ste", "soft", "tensor"]
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 4e-3, torch.bfloat16: 3e-2}

@@ -1,25 +1,122 @@
-"""SMC over a prompt's K samples (issue 10): the weights by hand, systematic resampling, and the
-invariances: alone = batched, beta = inf without a proposal = the unguided sampler, K = 1 = the
-proposal; then the public paths (generate, GuidedDenoiser, CLI) and bad input."""
+"""SMC (guidance.smc): weights, resampling and potentials by hand, invariants, text potentials,
+adaptive tempering, blocks."""
 import json
 import math
 
 import pytest
 import torch
 
-from entrgi_core import DenoiseConfig, generate, rng, tinyworld
+from entrgi_core import DenoiseConfig, InputError, generate, rng, tinyworld
 from entrgi_core.contract import GuidanceStep, Sampling, StepUpdate
 from entrgi_core.draws import sample_tokens, token_log_probs
+from entrgi_core.schedules import Threshold
+from entrgi_core.tinyworld import OracleJudge
 from guidance import SMC, EntRGi, Expectation, NoGuidance, StraightThrough
 from guidance.smc import systematic
-from tests.conftest import PROMPTS, cli, exploding_model, read_jsonl, small_config, strip
+from rewards import Sum, TextReward
+from tests.helpers import PROMPTS, cli, exploding_model, read_jsonl, small_config, strip
 
 SMALL = small_config()
+
 
 CFG = DenoiseConfig(steps=6, max_new_tokens=8, num_samples=3, seed=5)
 
 
-# ----------------------------------------------------------------------------- the pieces by hand
+class FixedReward(SMC):
+    """SMC whose intermediate reward is given (no reward model): isolates the weight arithmetic."""
+
+    def __init__(self, rewards, **kw):
+        super().__init__(**kw)
+        self.rewards = list(rewards)
+
+    def intermediate_reward(self, step, update, read):
+        return torch.tensor(self.rewards.pop(0), dtype=torch.float64)
+
+
+def hand_step(index, tokens, rows, cols):
+    """A step of one prompt with K=3 rows and no reward model (the reward is given)."""
+    return GuidanceStep(index=index, total=10, side=None, tokens=tokens, rows=rows, cols=cols,
+                        keys=torch.tensor([11, 12, 13]), samples=3, sampling=Sampling(1.0, 1.0, None))
+
+
+def test_smc_weighs_every_token_a_step_commits():
+    from entrgi_core.contract import GuidanceStep, Sampling, StepUpdate
+
+    smc = SMC(beta=float("inf"))
+    state = smc.begin(1, 2, "cpu")
+    p = torch.tensor([0.5, 0.25, 0.25]).log().expand(4, 3)
+    q = torch.tensor([0.25, 0.5, 0.25]).log().expand(4, 3).clone()
+    rows, cols = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+    step = GuidanceStep(index=0, total=4, side=None, tokens=torch.full((2, 2), 9), rows=rows, cols=cols,
+                        keys=torch.tensor([1, 2]), samples=2, sampling=Sampling(1.0))
+    update = StepUpdate(p, q, torch.tensor([0, 1, 2, 0]), torch.tensor([True, True, False, False]), step.tokens)
+    smc.observe(state, step, update)               # row 0 commits two tokens at once: 0.5/0.25 and 0.25/0.5
+    torch.testing.assert_close(state.log_weight, torch.tensor([0.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
+    update = StepUpdate(p, q, torch.tensor([0, 0, 0, 0]), torch.tensor([True, True, True, False]), step.tokens)
+    smc.observe(state, step, update)
+    torch.testing.assert_close(state.log_weight, torch.tensor([2 * 0.6931471805599453, 0.6931471805599453],
+                                                              dtype=torch.float64))
+
+
+def test_smc_can_resample_only_at_block_boundaries(world):
+    dlm, rm = world
+    cfg = DenoiseConfig(steps=16, max_new_tokens=16, num_samples=4, schedule=Threshold(0.9), block_length=8, seed=1)
+    every_step = generate(dlm, PROMPTS[:2], reward=rm, guidance=SMC(beta=0.3), config=cfg, diagnose=True)
+    blocks = generate(dlm, PROMPTS[:2], reward=rm, guidance=SMC(beta=0.3, resample_at="block", ess_threshold=1.0),
+                      config=cfg, diagnose=True)
+    for b in range(2):                             # one reading each: when all four have block 1 full
+        assert blocks.compute["rm_forwards"][b] == 4 < every_step.compute["rm_forwards"][b]
+        assert len(blocks.particles["resampled_at"][b]) == 1
+    with pytest.raises(InputError, match="resample_at must be one of"):
+        SMC(resample_at="end")
+
+
+def test_smc_resamples_on_a_text_reward_of_the_argmax_completion(world):
+    dlm, _ = world
+    cfg = DenoiseConfig(steps=8, max_new_tokens=8, num_samples=4, seed=2)
+    verifier = TextReward("entrgi_core.tinyworld.judges:oracle", name="oracle")     # a dotted path, as the CLI has it
+    res = generate(dlm, PROMPTS, reward=verifier, guidance=SMC(intermediate="hard"), config=cfg, diagnose=True)
+    assert any(res.particles["resampled_at"]), res.particles     # the verifier's spread resampled particles
+    assert all(n > 0 for n in res.compute["rm_forwards"]) and res.compute["rm_backwards"] == [0, 0, 0]
+    with pytest.raises(InputError, match="read_with='select' scores the argmax completion as text"):
+        SMC(read_with="select")
+
+
+def test_smc_reads_the_selector_as_its_potential(world):
+    dlm, rm = world
+    cfg = DenoiseConfig(steps=8, max_new_tokens=8, num_samples=4, seed=2)
+    by_rm = generate(dlm, PROMPTS, reward=rm, guidance=SMC(intermediate="hard"), config=cfg)
+    by_select = generate(dlm, PROMPTS, reward=rm, select=OracleJudge(), config=cfg,
+                         guidance=SMC(intermediate="hard", read_with="select"))
+    assert not torch.equal(by_rm.tokens, by_select.tokens)
+    assert by_select.compute["rm_forward_tokens"] == [0, 0, 0]         # a function read the potential, no model
+
+
+def test_adaptive_tempering_does_not_depend_on_the_reward_scale(world):
+    dlm, rm = world
+    cfg = DenoiseConfig(steps=8, max_new_tokens=8, num_samples=4, seed=1)
+    runs = {}
+    for scale in (1.0, 100.0):
+        reward = rm if scale == 1.0 else Sum([(scale, rm)])
+        for beta in (None, 1.0):
+            runs[scale, beta] = generate(dlm, PROMPTS, reward=reward, guidance=SMC(beta=beta), config=cfg,
+                                         diagnose=True)
+    assert torch.equal(runs[1.0, None].tokens, runs[100.0, None].tokens)           # scale-free
+    assert runs[1.0, None].particles["resampled_at"] == runs[100.0, None].particles["resampled_at"]
+    assert not torch.equal(runs[1.0, 1.0].tokens, runs[100.0, 1.0].tokens)         # a fixed beta is not
+    assert all(runs[1.0, None].particles["resampled_at"])                          # and it does resample
+
+
+def test_adaptive_tempering_keeps_the_ess_at_its_target():
+    smc = SMC(ess_threshold=0.5)
+    log_weight = torch.zeros(3, 4, dtype=torch.float64)
+    increment = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e-9]], dtype=torch.float64)
+    inverse, binding = smc.inverse_temperature(log_weight, increment)
+    w = torch.softmax(inverse[:, None] * increment, 1)
+    ess = 1 / (w * w).sum(1)
+    assert ess[0].item() == pytest.approx(2.0, rel=1e-6) and binding.tolist() == [True, False, False]
+    assert inverse[1].item() == inverse[2].item() == pytest.approx(1e4)            # no spread: the largest allowed
+
 
 def test_token_log_probs_are_the_samplers_filtered_distribution():
     logits = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]).log()
@@ -50,23 +147,6 @@ def test_systematic_resampling():
     u = torch.tensor([0.1, 0.999, 0.5], dtype=torch.float64)
     # points (u + i) / 4: row 0 .025 .275 .525 .775; row 2 .125 .375 .625 .875 against cdf .1 .3 .6 1
     assert systematic(w, u).tolist() == [[0, 0, 1, 1], [0, 1, 2, 3], [1, 2, 3, 3]]
-
-
-class FixedReward(SMC):
-    """SMC whose intermediate reward is given (no reward model): isolates the weight arithmetic."""
-
-    def __init__(self, rewards, **kw):
-        super().__init__(**kw)
-        self.rewards = list(rewards)
-
-    def intermediate_reward(self, step, update, read):
-        return torch.tensor(self.rewards.pop(0), dtype=torch.float64)
-
-
-def hand_step(index, tokens, rows, cols):
-    """A step of one prompt with K=3 rows and no reward model (the reward is given)."""
-    return GuidanceStep(index=index, total=10, side=None, tokens=tokens, rows=rows, cols=cols,
-                        keys=torch.tensor([11, 12, 13]), samples=3, sampling=Sampling(1.0, 1.0, None))
 
 
 def test_weights_computed_by_hand():
@@ -138,8 +218,6 @@ def test_potential_increments(potential, expected):
     assert increments == pytest.approx(expected)
 
 
-# ----------------------------------------------------------------------------- invariances
-
 def test_no_reward_weighting_and_no_proposal_is_the_unguided_sampler(dlm):
     base = generate(dlm, PROMPTS, guidance=None, config=CFG)
     smc = generate(dlm, PROMPTS, guidance=SMC(beta=float("inf")), config=CFG, diagnose=True)
@@ -178,8 +256,6 @@ def test_resampling_copies_particles_which_then_diverge(dlm, rm):
     assert len({tuple(t) for t in res.tokens.reshape(-1, 8).tolist()}) > len(PROMPTS)   # not all copies of one
 
 
-# ----------------------------------------------------------------------------- it steers
-
 def test_smc_raises_the_reward_over_its_proposal_on_the_tiny_world(world):
     dlm, rm = world
     prompts = [json.loads(x)["prompt"] for x in tinyworld.PROMPTS.read_text().splitlines() if x][:6]
@@ -199,8 +275,6 @@ def test_potential_reads_are_counted_as_compute(dlm, rm):
     assert c["rm_forwards"] == 3 * 2                # reads at steps 0, 2 and 4 (not 5, the last)
     assert c["rm_backwards"] == 0 and c["select_calls"] == 2   # the final scoring is the selector's
 
-
-# ----------------------------------------------------------------------------- public paths and bad input
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"beta": 0}, "beta must be None .adaptive tempering. or > 0"), ({"beta": float("nan")}, "or > 0"),

@@ -1,4 +1,4 @@
-"""The tiny world: grammar, oracle, tokenizers, and the quality bars of the shipped checkpoints."""
+"""The tiny world: grammar, oracle, tokenizers and the shipped checkpoints' quality bars."""
 import random
 
 import pytest
@@ -6,8 +6,22 @@ import torch
 
 from entrgi_core import DenoiseConfig, generate, tinyworld
 from entrgi_core.tinyworld import grammar as g
-from entrgi_core.tinyworld.tokenizers import RM_LACKS, RM_SPLITS, build_dlm_tokenizer, build_rm_tokenizer
+from entrgi_core.tinyworld.tokenizers import (
+    RM_LACKS,
+    RM_SPLITS,
+    build_dlm_tokenizer,
+    build_rm_tokenizer,
+)
 from rewards import align_vocab
+
+
+def test_the_imperfect_reward_model_is_imperfect():
+    from entrgi_core import tinyworld
+    from entrgi_core.tinyworld.train import IMPERFECT, rm_pearson
+    r = rm_pearson(tinyworld.rm_imperfect_path(), seed=0)
+    lo, hi = IMPERFECT["pearson"]
+    assert lo <= r <= hi, r
+    assert rm_pearson(tinyworld.rm_path(), seed=0) > 0.99
 
 
 @pytest.mark.parametrize("text,expected", [

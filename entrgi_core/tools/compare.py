@@ -15,7 +15,7 @@ as for ``entrgi predict``; on the tiny world's prompts the oracle and validity b
 ``--select`` (as for ``entrgi predict``) picks Top@1 by another reward, e.g. a verifier;
 ``--metric NAME`` reads the matched tables and plots by a judge instead of the reward.
 ``--decodings`` runs every curve under each decoding: ``steps`` (the config's own schedule),
-``threshold`` and ``entropy_bound`` (parallel commits at the config's parameters), and the same with the dual block KV cache (``+cache``, blocks of ``--cache-block``); the tables
+``threshold`` and ``entropy_bound`` (``Threshold(0.9)``, ``EntropyBound(0.1)``), and the same with the dual block KV cache (``+cache``, blocks of ``--cache-block``); the tables
 then show tokens per forward and read each decoding's curves at matched compute against its own
 Best-of-N, in forward-equivalents and in seconds. Writes ``frontier.json`` (every run),
 ``frontier.txt`` (mean +- SEM over seeds, the table printed) and ``frontier.png`` (reward against
@@ -28,12 +28,14 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.errors import InputError
+from entrgi_core.plan import Plan
 from entrgi_core.sampler import generate
+from entrgi_core.schedules import EntropyBound, Threshold
 from entrgi_core.tools import report
 from entrgi_core.tools.report import mean_sem, pm
 
@@ -48,10 +50,10 @@ SMC_FIXED_BETA = 0.03
 
 DECODINGS = {                 # sampler settings of each decoding, over the config's own
     "steps": {},
-    "threshold": {"schedule": "threshold"},
-    "entropy_bound": {"schedule": "entropy_bound"},
-    "threshold+cache": {"schedule": "threshold", "cache": "dual"},
-    "entropy_bound+cache": {"schedule": "entropy_bound", "cache": "dual"},
+    "threshold": {"schedule": Threshold()},
+    "entropy_bound": {"schedule": EntropyBound()},
+    "threshold+cache": {"schedule": Threshold(), "cache": "dual"},
+    "entropy_bound+cache": {"schedule": EntropyBound(), "cache": "dual"},
 }
 
 
@@ -101,15 +103,14 @@ def decoding_config(base: DenoiseConfig, decoding: str, cache_block: int) -> Den
     over = dict(DECODINGS[decoding])
     if "cache" in over:
         over["block_length"] = cache_block
-    return DenoiseConfig(**{**base.to_dict(), **over})
+    return replace(base, **over)
 
 
 def run_point(model, reward, items: list[dict], base: DenoiseConfig, method: Method, seed: int, batch_size: int,
               judges=(), cache_block: int = 8, select=None) -> dict:
     """One method at one seed over all prompts: per-prompt means (Top@1 picked by ``select``,
     default the reward), and each judge's score of Top@1 (``j:NAME``)."""
-    cfg = DenoiseConfig(**{**decoding_config(base, method.decoding, cache_block).to_dict(), "num_samples": method.k,
-                           "seed": seed})
+    cfg = replace(decoding_config(base, method.decoding, cache_block), num_samples=method.k, seed=seed)
     strategy = method.make()
     sums = {"top1": 0.0, "avg": 0.0, "seconds": 0.0, "forward_equivalents": 0.0, "tpf": 0.0}
     binary = {j.name: True for j in judges}
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     module, dm = load(config_args)
     model, reward, base = module.model, module.reward, module.config
     for decoding in args.decodings:                                  # refuse a decoding the model cannot run now
-        model.check(decoding_config(base, decoding, args.cache_block))
+        Plan.check(model, config=decoding_config(base, decoding, args.cache_block))
     items = dm.items[: args.prompts] if args.prompts else dm.items
     judges = list(module.judges) or default_judges(dm, items)
     if args.metric != "reward" and args.metric not in [j.name for j in judges]:

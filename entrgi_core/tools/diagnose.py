@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 
 from entrgi_core.config import DenoiseConfig
-from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep
+from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, Relaxation
 from entrgi_core.errors import InputError
-from entrgi_core.ops import relax_embeddings
 from entrgi_core.sampler import generate
 from entrgi_core.tools import report
 from entrgi_core.tools.report import mean_sem, pm
@@ -63,19 +62,18 @@ def _one_position(step: GuidanceStep, prompt: str, tokens: Tensor, col: int) -> 
                    samples=n, diagnose=False)
 
 
-def _rewards_of_tokens(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, ids: Tensor,
+def _rewards_of_tokens(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, ids: Tensor, vocab: int,
                        chunk: int = 256) -> Tensor:
-    """Rewards (S,) of ``canvas`` (L,) with column ``col`` set to each of ``ids`` (S,)."""
+    """Rewards (S,) of ``canvas`` (L,) with column ``col`` set to each of ``ids`` (S,) (``vocab``
+    logits per position)."""
     out = []
     none = torch.zeros(0, dtype=torch.long, device=canvas.device)
     for part in ids.split(chunk):
         tokens = canvas.expand(len(part), -1).clone()
         tokens[:, col] = part
-        s = replace(_one_position(step, prompt, tokens, col), rows=none, cols=none)
-        e, keep = s.reward_inputs(step.vocab.rm_table.new_zeros(0, step.vocab.rm_table.shape[1]),
-                                  torch.zeros(0, step.vocab.vocab_size, device=canvas.device))
+        s = replace(_one_position(step, prompt, tokens, col), rows=none, cols=none)   # nothing relaxed
         with torch.no_grad():
-            out.append(step.reward.score_embeds(s.context, e, keep).float())
+            out.append(s.read(torch.zeros(0, vocab, device=canvas.device), hard=none).rewards.float())
     return torch.cat(out)
 
 
@@ -86,12 +84,12 @@ def probe(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, phi: Tensor
     v = phi.shape[0]
     q = torch.softmax(phi.float() / tau, -1)                                          # (V,)
     if v <= samples:                                                                  # exact: every token
-        r_all = _rewards_of_tokens(step, prompt, canvas, col, torch.arange(v, device=phi.device))
+        r_all = _rewards_of_tokens(step, prompt, canvas, col, torch.arange(v, device=phi.device), v)
         expected = (q * r_all).sum()
         true_grad = q * (r_all - expected) / tau
     else:                                                                             # score-function estimate
         ids = torch.multinomial(q.cpu(), samples, replacement=True, generator=gen).to(phi.device)
-        r = _rewards_of_tokens(step, prompt, canvas, col, ids)
+        r = _rewards_of_tokens(step, prompt, canvas, col, ids, v)
         expected = r.mean()
         true_grad = torch.zeros(v, device=phi.device).index_add(0, ids, (r - expected) / (tau * samples))
     # gate gradients: len(GATES) x draws rows, each its own copy of phi
@@ -101,15 +99,14 @@ def probe(step: GuidanceStep, prompt: str, canvas: Tensor, col: int, phi: Tensor
     h = torch.special.entr(torch.softmax(phi.float(), -1)).sum() / math.log(v)             # tau_H = 1
     weights = torch.tensor([0.0] * draws + [1.0] * draws + [float(h)] * draws, device=phi.device)
     s = _one_position(step, prompt, canvas.expand(n, -1).clone(), col)
-    out = relax_embeddings(var, step.table, hard, gate=weights, temperature=tau, validate=False)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(s.score(out.embeds, var).sum(), var)              # (n, V)
+        reading = s.read(var, Relaxation(weights, tau, 1.0, 1.0), hard=hard)
+        (grad,) = torch.autograd.grad(reading.rewards.sum(), var)                        # (n, V)
     cos = torch.nn.functional.cosine_similarity(grad, true_grad.expand_as(grad), dim=-1).view(len(GATES), draws)
     # a (near) deterministic position has no direction to compare: both gradients vanish in float32
     flat = float(true_grad.norm()) < 1e-6 or bool((grad.norm(dim=-1) == 0).any())
     one = _one_position(step, prompt, canvas[None].clone(), col)
-    soft = one.score(relax_embeddings(phi.float()[None], step.table, hard[:1], gate="soft", temperature=tau,
-                                      validate=False).embeds, phi[None])
+    soft = one.read(phi.float()[None], Relaxation("soft", tau, 1.0, 1.0), hard=hard[:1]).rewards
     return {"entropy": float(h), "gap": float(soft[0].detach() - expected),
             **{f"cos_{g}": None if flat else float(c) for g, c in zip(GATES, cos.mean(1))}}
 
@@ -119,7 +116,7 @@ def diagnose(model, reward, prompts: list[str], config: DenoiseConfig, *, positi
     """Per probed position: its normalised entropy, the gap and the three cosines."""
     at = {config.steps // 4, config.steps // 2, 3 * config.steps // 4}
     recorder = StateRecorder(at)
-    cfg = DenoiseConfig(**{**config.to_dict(), "num_samples": 1, "seed": seed})
+    cfg = replace(config, num_samples=1, seed=seed)
     tau = config.temperature if config.temperature > 0 else 1.0
     generate(model, prompts, reward=reward, guidance=recorder, config=cfg)
     gen = torch.Generator().manual_seed(seed)

@@ -1,5 +1,5 @@
-"""Training on guided rollouts (issue 17): the likelihood estimators and objectives by hand, the
-fine-tuner's update, LoRA, checkpoints and resume, the data stream and the output directory."""
+"""The training wing (entrgi_core.training): estimators and objectives by hand, GuidedFineTuner
+under trainer.fit, resuming, budgets, LoRA and the entrgi fit command."""
 import json
 import math
 from types import SimpleNamespace
@@ -21,12 +21,10 @@ from entrgi_core.rollouts import RolloutWriter
 from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
 from entrgi_core.writer import read_jsonl
 from guidance import EntRGi
-from tests.conftest import REVIEW_PROMPTS, in_process_cli, prompts_file, snapshot, strip
+from tests.helpers import REVIEW_PROMPTS, in_process_cli, prompts_file, snapshot, strip
 
 CFG = DenoiseConfig(steps=4, max_new_tokens=6, num_samples=2, seed=1)
 
-
-# ----------------------------------------------------------------------------- a model computed by hand
 
 class Lookup(nn.Module):
     """logits[b, i] = table[input_ids[b, i]] + bias[i]: each position reads only its own token."""
@@ -56,6 +54,56 @@ def _case(model):
     responses = torch.tensor([[tok.convert_tokens_to_ids(w) for w in ["it", "was", "great", "."]] + [model.eos_id] * 2,
                               [tok.convert_tokens_to_ids(w) for w in ["the", "room", "was", "bad", "and", "."]]])
     return encoded, responses, torch.tensor([11, 12])
+
+
+def _tuner(dlm_path, rm, **kw):
+    dlm = MaskedLM(str(dlm_path))
+    return GuidedFineTuner(dlm, rm, kw.pop("guidance", EntRGi(steps=1)), kw.pop("config", CFG), **kw)
+
+
+def _fit(module, tmp_path, steps, prompts=REVIEW_PROMPTS[:4], batch=2, callbacks=(), ckpt_path=None, out="out",
+         overwrite=False, every=1):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dm = PromptDataModule(path=str(prompts_file(tmp_path / "train.jsonl", prompts)), id_field="id", batch_size=batch)
+    d = tmp_path / out
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_model_summary=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0,
+                        callbacks=[FitOutputs(str(d), overwrite=overwrite), RolloutWriter(str(d)),
+                                   ModelCheckpoint(dirpath=d / "checkpoints", save_top_k=0, save_last=True,
+                                                   every_n_train_steps=every), *callbacks])
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return trainer, d
+
+
+def _weights(module):
+    return {k: v.detach().clone() for k, v in module.model.model.state_dict().items()}
+
+
+class _Crash(L.Callback):
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+def _fit_config(tmp_path, tiny_dlm_path, tiny_rm_path, steps=2):
+    import yaml
+
+    from tests.helpers import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "fit_tiny.yaml").read_text())
+    cfg["dlm"]["init_args"]["path"] = str(tiny_dlm_path)
+    cfg["reward"]["init_args"]["path"] = str(tiny_rm_path)
+    cfg["sampling"].update(steps=4, max_new_tokens=6, num_samples=2)
+    cfg["data"].update(path=str(prompts_file(tmp_path / "train.jsonl", REVIEW_PROMPTS[:4])), batch_size=2)
+    cfg["trainer"]["max_steps"] = steps
+    cfg["output_dir"] = str(tmp_path / "fit")
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def test_one_step_estimator_by_hand(lookup):
@@ -157,8 +205,6 @@ def test_unread_tokens_never_reach_the_losses():
     torch.testing.assert_close(losses[2], torch.tensor(0.1 * (math.exp(-0.2) + 0.2 - 1) / 2))
 
 
-# ----------------------------------------------------------------------------- the data stream
-
 def test_training_batches_depend_on_the_step_only():
     items = [{"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(5)]
     one = StepBatches(items, 4, seed=3, start=0, stop=6)
@@ -171,32 +217,6 @@ def test_training_batches_depend_on_the_step_only():
     assert stream[:5] != stream[5:]
     resumed = StepBatches(items, 4, seed=3, start=2, stop=6)
     assert [b["id"] for b in resumed] == [one.batch(s)["id"] for s in range(2, 6)] and len(resumed) == 4
-
-
-# ----------------------------------------------------------------------------- the fine-tuner
-
-def _tuner(dlm_path, rm, **kw):
-    dlm = MaskedLM(str(dlm_path))
-    return GuidedFineTuner(dlm, rm, kw.pop("guidance", EntRGi(steps=1)), kw.pop("config", CFG), **kw)
-
-
-def _fit(module, tmp_path, steps, prompts=REVIEW_PROMPTS[:4], batch=2, callbacks=(), ckpt_path=None, out="out",
-         overwrite=False, every=1):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    dm = PromptDataModule(path=str(prompts_file(tmp_path / "train.jsonl", prompts)), id_field="id", batch_size=batch)
-    d = tmp_path / out
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_model_summary=False,
-                        enable_progress_bar=False, num_sanity_val_steps=0,
-                        callbacks=[FitOutputs(str(d), overwrite=overwrite), RolloutWriter(str(d)),
-                                   ModelCheckpoint(dirpath=d / "checkpoints", save_top_k=0, save_last=True,
-                                                   every_n_train_steps=every), *callbacks])
-    trainer.fit(module, dm, ckpt_path=ckpt_path)
-    return trainer, d
-
-
-def _weights(module):
-    return {k: v.detach().clone() for k, v in module.model.model.state_dict().items()}
 
 
 def test_one_update_raises_the_likelihood_of_its_rollouts(tiny_dlm_path, rm, tmp_path):
@@ -242,15 +262,6 @@ def test_lora_trains_only_the_adapters_and_exports_merged(tiny_dlm_path, rm, tmp
     assert not torch.allclose(plain.logits(ids, attn, pos), expect)
 
 
-class _Crash(L.Callback):
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.at:
-            raise RuntimeError("killed")
-
-
 def test_a_killed_run_resumes_to_the_same_weights_steps_and_records(tiny_dlm_path, rm, tmp_path):
     straight = _tuner(tiny_dlm_path, rm, lr=1e-2, objective="grpo", inner_steps=2, guidance=None)
     _, a = _fit(straight, tmp_path, 4, out="a")
@@ -285,7 +296,7 @@ def test_the_budget_stops_training_at_matched_compute(tiny_dlm_path, rm, tmp_pat
 
 
 def test_bad_training_settings_are_refused_before_compute(tiny_dlm_path, rm):
-    from tests.conftest import exploding_model
+    from tests.helpers import exploding_model
 
     for kw, says in (({"objective": "ppo"}, "objective must be one of"), ({"estimator": "exact"}, "estimator must be"),
                      ({"beta": 0.0}, "beta must be > 0"),
@@ -315,25 +326,6 @@ def test_an_output_directory_holding_a_run_is_kept(tiny_dlm_path, rm, tmp_path):
     assert snapshot(out) == before
     _fit(_tuner(tiny_dlm_path, rm, lr=1e-2), tmp_path, 1, overwrite=True)
     assert json.loads((out / "run.json").read_text())["lr"] == 1e-2
-
-
-# ----------------------------------------------------------------------------- the command line
-
-def _fit_config(tmp_path, tiny_dlm_path, tiny_rm_path, steps=2):
-    import yaml
-
-    from tests.conftest import ROOT
-
-    cfg = yaml.safe_load((ROOT / "configs" / "fit_tiny.yaml").read_text())
-    cfg["dlm"]["init_args"]["path"] = str(tiny_dlm_path)
-    cfg["reward"]["init_args"]["path"] = str(tiny_rm_path)
-    cfg["sampling"].update(steps=4, max_new_tokens=6, num_samples=2)
-    cfg["data"].update(path=str(prompts_file(tmp_path / "train.jsonl", REVIEW_PROMPTS[:4])), batch_size=2)
-    cfg["trainer"]["max_steps"] = steps
-    cfg["output_dir"] = str(tmp_path / "fit")
-    path = tmp_path / "fit.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.mark.slow
@@ -371,7 +363,7 @@ def test_cli_predict_exports_rollouts(cli_config, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_make_the_update_of_one_with_the_same_global_batch(tmp_path, tiny_dlm_path, tiny_rm_path):
-    from tests.conftest import cli
+    from tests.helpers import cli
 
     cfg = _fit_config(tmp_path, tiny_dlm_path, tiny_rm_path, steps=2)
     cli("fit", "--config", str(cfg), "--output_dir", str(tmp_path / "one"), "--data.batch_size", "2",

@@ -1,20 +1,28 @@
-"""Guidance inside other libraries' generation loops (issue 11): transformers' DiffusionGemma
-``generate()`` with ``GuidanceLogitsProcessor``, Dream's ``generation_logits_hook_func`` with
-``DreamGuidanceHook``, and DiffusionGemma through ``generate`` / ``GuidedDenoiser`` / the CLI. The
-DiffusionGemma is the real transformers architecture with tiny random weights, built here."""
+"""Guidance inside other libraries' loops (entrgi_core.integrations): DiffusionGemma's generate
+and Dream's diffusion_generate."""
 import json
 
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, LogitsProcessorList
+from transformers import (
+    AutoTokenizer,
+    DiffusionGemmaForBlockDiffusion,
+    LogitsProcessorList,
+)
 
 from entrgi_core import DenoiseConfig, DreamLM, MaskedLM, generate, tinyworld
 from entrgi_core.diffusion_gemma import DiffusionGemmaLM
 from entrgi_core.tinyworld.diffusion_gemma import save_tiny_diffusion_gemma
-from guidance import SMC, DreamGuidanceHook, EntRGi, Expectation, GuidanceLogitsProcessor
-from tests.conftest import cli, read_jsonl, strip
+from guidance import (
+    SMC,
+    DreamGuidanceHook,
+    EntRGi,
+    Expectation,
+    GuidanceLogitsProcessor,
+)
 from tests.dream_like import DreamLike
+from tests.helpers import cli, read_jsonl, strip
 
 PROMPTS = ["write a review of the hotel", "write a review of this phone", "write a review of the museum",
            "write a review of the laptop", "write a review of the bakery", "write a review of this camera"]
@@ -50,7 +58,24 @@ def run_gemma(model, tok, rm, prompts, processor, seed=0, max_new_tokens=16):
     return rm.score_text(prompts, texts), texts
 
 
-# ----------------------------------------------------------------------------- the logits processor
+@pytest.fixture(scope="module")
+def dream_like(world):
+    dlm = world[0]
+    return DreamLike(dlm.model, dlm.mask_id), dlm.tokenizer
+
+
+def run_dream(model, tok, rm, prompts, hook, seed):
+    enc = chat_ids(tok, prompts)
+    gen = torch.Generator().manual_seed(seed)
+    x = model.diffusion_generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=24, steps=24,
+                                 temperature=0.7, generation_logits_hook_func=hook, generator=gen)
+    ids = x[:, enc["input_ids"].shape[1]:]
+    texts = []
+    for row in ids.tolist():
+        cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True))
+    return rm.score_text(prompts, texts)
+
 
 def test_no_inner_steps_leave_the_scores_unchanged(gemma, world_rm):
     model, tok = gemma
@@ -136,27 +161,6 @@ def test_processor_errors_are_clear(gemma, world_rm):
         proc(torch.zeros(1, 5, dtype=torch.long), torch.randn(1, 8, len(tok)), cur_step=torch.tensor(3))
 
 
-# ----------------------------------------------------------------------------- the Dream hook
-
-@pytest.fixture(scope="module")
-def dream_like(world):
-    dlm = world[0]
-    return DreamLike(dlm.model, dlm.mask_id), dlm.tokenizer
-
-
-def run_dream(model, tok, rm, prompts, hook, seed):
-    enc = chat_ids(tok, prompts)
-    gen = torch.Generator().manual_seed(seed)
-    x = model.diffusion_generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=24, steps=24,
-                                 temperature=0.7, generation_logits_hook_func=hook, generator=gen)
-    ids = x[:, enc["input_ids"].shape[1]:]
-    texts = []
-    for row in ids.tolist():
-        cut = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
-        texts.append(tok.decode(row[:cut], skip_special_tokens=True))
-    return rm.score_text(prompts, texts)
-
-
 def test_dream_hook_raises_the_reward_and_steps_0_change_nothing(dream_like, world_rm):
     model, tok = dream_like
     base = run_dream(model, tok, world_rm, PROMPTS, None, seed=0)
@@ -222,7 +226,9 @@ def test_dream_lm_and_the_dream_hook_end_a_response_at_the_same_token(world, wor
 
         class Spy(EntRGi):
             def refine(self, phi, step):
-                seen.append(int(step.reward_inputs(step.table[:1].expand(phi.shape[0], -1), phi)[1].sum()))
+                (part,) = step.side.parts
+                relaxed = part.vocab.table[:1].expand(phi.shape[0], -1)
+                seen.append(int(step.canvas.inputs(part.vocab, relaxed, phi, step.stop_ids)[1].sum()))
                 return super().refine(phi, step)
 
         spy = DreamGuidanceHook(world_rm, Spy(steps=1), tokenizer=tok, prompts=PROMPTS[:1], temperature=0.7,
@@ -233,8 +239,6 @@ def test_dream_lm_and_the_dream_hook_end_a_response_at_the_same_token(world, wor
         spy(0, x, logits)
         assert seen == [3]                                 # the reward model reads the relaxed slot and "the hotel"
 
-
-# ----------------------------------------------------------------------------- our sampler, Lightning and the CLI
 
 def test_generate_runs_diffusion_gemma_through_its_own_loop(gemma_path, world_rm):
     model = DiffusionGemmaLM(str(gemma_path), dtype="float32")

@@ -1,0 +1,180 @@
+"""The sampler (entrgi_core.sampler, plan, result): exactness invariants (DESIGN.md §4), the
+compute account, diagnostics, and bad input refused before any model compute."""
+import pytest
+import torch
+
+from entrgi_core import DenoiseConfig, MaskedLM, NonFiniteLogitsError, generate
+from entrgi_core.models import DiffusionLM
+from guidance import EntRGi
+from rewards import HFRewardModel
+from tests.helpers import (
+    PROMPTS,
+    exploding_model,
+    make_step,
+    requires_cuda,
+    small_config,
+)
+
+SMALL = small_config()
+
+
+CFG = DenoiseConfig(steps=4, max_new_tokens=6, num_samples=2)
+
+
+class CountingRM(HFRewardModel):
+    calls = 0
+
+    def score_embeds(self, ctx, embeds, keep):
+        type(self).calls += 1
+        return super().score_embeds(ctx, embeds, keep)
+
+
+def test_diagnostics_and_result_fields(dlm, rm):
+    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL, diagnose=True)
+    assert res.tokens.shape == (2, 2, 8) and len(res.texts) == 2 and len(res.texts[0]) == 2
+    assert res.rewards.shape == (2, 2)
+    torch.testing.assert_close(res.best_reward, res.rewards.max(1).values)
+    torch.testing.assert_close(res.avg_reward, res.rewards.mean(1))
+    assert res.guided_steps == list(range(SMALL.steps))
+    assert res.weight.shape == (2, SMALL.steps) and ((res.weight >= 0) & (res.weight <= 1)).all()
+    assert res.reward_before.shape == res.reward_after.shape == (2, SMALL.steps)
+    assert (res.tokens != dlm.mask_id).all(), "every position is committed at the end"
+    recs = res.records(method="entrgi", seed=3)
+    assert recs[0]["best_response"] == res.texts[0][recs[0]["best_index"]]
+
+
+def test_seed_changes_samples(dlm):
+    a = generate(dlm, PROMPTS, config=DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2, seed=0))
+    b = generate(dlm, PROMPTS, config=DenoiseConfig(steps=4, max_new_tokens=8, num_samples=2, seed=1))
+    assert not torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+    ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ({"temperature": -0.1}, "temperature must be >= 0"),
+    ({"schedule": "threshold"}, "schedule must be None (the model's own) or a CommitSchedule object"),
+    ({"top_p": 0.0}, "top_p must lie in (0, 1]"),
+    ({"top_p": 1.5}, "top_p must lie in (0, 1]"),
+    ({"alg": "confident"}, "alg must be one of"),
+    ({"max_new_tokens": 10, "block_length": 4}, "does not divide max_new_tokens"),
+])
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        DenoiseConfig(**kwargs)
+
+
+def test_bad_prompts_fail_before_model_compute(rm):
+    class Exploding(DiffusionLM):
+        def forward_logits(self, *a):
+            raise AssertionError("model ran")
+    from transformers import BertConfig
+    from transformers import BertForMaskedLM as B
+
+    from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
+    tok = build_dlm_tokenizer()
+    model = Exploding.from_model(B(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1, intermediate_size=8)), tok)
+    for prompts, msg in (([], "empty"), ([""], "prompt 0 is empty"), (["ok", "  "], "prompt 1 is empty"),
+                         ("a string", "must be a list")):
+        with pytest.raises(ValueError, match=msg):
+            generate(model, prompts, reward=rm, guidance=EntRGi(), config=SMALL)
+    with pytest.raises(ValueError, match="needs a reward model"):
+        generate(model, ["x"], guidance=EntRGi(), config=SMALL)
+
+
+def test_non_finite_logits_name_the_step(dlm, rm):
+    class NaNAfter(MaskedLM):
+        calls = 0
+
+        def forward_logits(self, *a):
+            out = super().forward_logits(*a)
+            type(self).calls += 1
+            return out * float("nan") if type(self).calls > 2 else out
+    bad = NaNAfter.from_model(dlm.model, dlm.tokenizer)
+    with pytest.raises(NonFiniteLogitsError, match="the model at denoising step 2: non-finite logits"):
+        generate(bad, PROMPTS[:1], config=SMALL)
+
+
+@requires_cuda
+def test_no_host_sync_inside_the_inner_steps(tiny_dlm_path, tiny_rm_path):
+    dlm = MaskedLM.from_pretrained(str(tiny_dlm_path), device="cuda")
+    rm = HFRewardModel.from_pretrained(str(tiny_rm_path), device="cuda")
+    tokens = torch.full((4, 6), dlm.mask_id, device="cuda")
+    rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
+    step = make_step(dlm, rm, tokens, rows, cols)
+    step.packed                                          # built once per denoising step (one sync), outside
+    phi = torch.randn(rows.numel(), dlm.vocab_size, device="cuda")
+    g = EntRGi(steps=3)
+    g.refine(phi, step)                                  # warm-up (lazy loading, allocator)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        g.refine(phi, step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_compute_is_counted_per_prompt(dlm, rm):
+    m = 2
+    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=m), config=CFG)
+    base = generate(dlm, PROMPTS[:2], reward=rm, guidance=None, config=CFG)
+    for b, prompt in enumerate(PROMPTS[:2]):
+        c, u = {k: v[b] for k, v in res.compute.items()}, {k: v[b] for k, v in base.compute.items()}
+        row = len(dlm.encode_prompts([prompt])[0]) + CFG.max_new_tokens
+        k, t = CFG.num_samples, CFG.steps
+        assert c["dlm_forwards"] == u["dlm_forwards"] == t * k and c["dlm_tokens"] == t * k * row
+        final = sum(rm.text_tokens(prompt, text) for text in res.texts[b])
+        assert c["rm_forwards"] == c["rm_backwards"] == t * m * k           # guidance only, all differentiated
+        assert c["rm_forward_tokens"] == c["rm_backward_tokens"] >= t * m * k * rm.template_length(prompt)
+        assert c["select_calls"] == u["select_calls"] == k and c["select_tokens"] == final   # Top@1 by the reward
+        assert u["rm_forwards"] == u["rm_backwards"] == u["rm_backward_tokens"] == 0
+        assert c["eval_calls"] == u["eval_calls"] == 0                      # no judges, no separate selector
+        flops = 2 * dlm.num_parameters * c["dlm_tokens"] + 2 * rm.num_parameters * (
+            c["rm_forward_tokens"] + c["rm_backward_tokens"] + c["select_tokens"])
+        assert c["flops"] == flops and c["forward_equivalents"] == pytest.approx(flops / (2 * dlm.num_parameters * row))
+        assert c["forward_equivalents"] > u["forward_equivalents"] > t * k
+
+
+def test_compute_does_not_depend_on_batching(dlm, rm):
+    batched = generate(dlm, PROMPTS, reward=rm, guidance=EntRGi(steps=1), config=CFG, prompt_ids=["a", "b", "c"])
+    alone = generate(dlm, PROMPTS[2:], reward=rm, guidance=EntRGi(steps=1), config=CFG, prompt_ids=["c"])
+    assert {k: v[2] for k, v in batched.compute.items()} == {k: v[0] for k, v in alone.compute.items()}
+    assert batched.records()[2]["compute"] == alone.records()[0]["compute"]
+
+
+def test_costly_diagnostics_are_off_by_default(dlm, tiny_rm_path):
+    rm = CountingRM.from_pretrained(str(tiny_rm_path))
+    cfg = DenoiseConfig(steps=4, max_new_tokens=6, num_samples=2)
+    for diagnose, per_step in ((False, 2), (True, 3)):
+        CountingRM.calls = 0
+        res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=2), config=cfg, diagnose=diagnose)
+        assert CountingRM.calls == cfg.steps * per_step + 1          # + the final text scoring
+        assert (res.reward_after is not None) == diagnose and res.weight is not None
+
+
+def test_a_records_diagnostics_are_its_own_prompts(dlm, rm):
+    cfg = DenoiseConfig(steps=4, max_new_tokens=6, num_samples=2)
+    batched = generate(dlm, PROMPTS, reward=rm, guidance=EntRGi(steps=1), config=cfg, prompt_ids=["a", "b", "c"])
+    alone = generate(dlm, PROMPTS[1:2], reward=rm, guidance=EntRGi(steps=1), config=cfg, prompt_ids=["b"])
+    torch.testing.assert_close(batched.weight[1], alone.weight[0])
+    torch.testing.assert_close(batched.reward_before[1], alone.reward_before[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(batched.reward_before[0], batched.reward_before[1])   # not a batch mean
+    rec = batched.records()[1]
+    assert list(rec["weight_by_step"]) == [0, 1, 2, 3] and "reward_after_by_step" not in rec
+
+
+def test_prompts_over_the_position_limit_are_refused_before_model_compute(rm):
+    long = " ".join(["the hotel was great"] * 750)                   # 3,000 words
+    with pytest.raises(ValueError, match=r"diffusion LM allows 64 positions.*ids 'long'.*nothing was run"):
+        generate(exploding_model(), ["fine", long], reward=rm, guidance=EntRGi(), prompt_ids=["ok", "long"],
+                 config=DenoiseConfig(steps=2, max_new_tokens=8))
+    with pytest.raises(ValueError, match=r"reward model allows 256 positions.*ids 'ok'"):
+        generate(exploding_model(), ["fine"], reward=rm, guidance=EntRGi(), prompt_ids=["ok"],
+                 config=DenoiseConfig(steps=2, max_new_tokens=130))
+
+
+def test_a_non_string_prompt_is_named_as_such(rm):
+    with pytest.raises(ValueError, match=r"prompt 1 is not a string \(int: 42\)"):
+        generate(exploding_model(), ["ok", 42], reward=rm, config=DenoiseConfig(steps=2, max_new_tokens=4))

@@ -1,0 +1,88 @@
+"""The experiment tools (entrgi_core.tools): diagnose and compare."""
+import pytest
+import torch
+
+from entrgi_core import DenoiseConfig
+from tests.helpers import PROMPTS, make_step
+
+
+def test_diagnose_on_a_linear_reward_has_the_known_answer(dlm):
+    """For a reward linear in the embeddings and a position over ordinary tokens (no stop or
+    special token, which would cut or drop the response), E_q[R(E[x])] = R(q @ E): the soft
+    relaxation is exact (gap 0) and every gate's gradient is the gradient of the expected reward
+    (cosine 1, computed exactly by enumerating the vocabulary)."""
+    from entrgi_core.tools.diagnose import probe, summarize_bins
+    from rewards import CallableReward
+
+    table = dlm.model.get_input_embeddings().weight.detach()
+    w = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(0))
+    linear = CallableReward(lambda e, keep: ((e @ w) * keep).sum(1), table, dlm.tokenizer)
+    canvas = torch.tensor(dlm.tokenizer("the hotel was very great", add_special_tokens=False)["input_ids"])
+    special = torch.tensor(dlm.tokenizer.all_special_ids)
+    points = []
+    for seed in range(4):
+        phi = 3 * torch.randn(dlm.vocab_size, generator=torch.Generator().manual_seed(seed))
+        phi[special] = float("-inf")
+        step = make_step(dlm, linear, canvas[None].clone(), torch.tensor([0]), torch.tensor([2]))
+        p = probe(step, PROMPTS[0], canvas, 2, phi, tau=0.7, samples=dlm.vocab_size, draws=2,
+                  gen=torch.Generator().manual_seed(seed))
+        assert abs(p["gap"]) < 1e-4
+        for gate in ("soft", "ste", "entropy"):
+            assert p[f"cos_{gate}"] == pytest.approx(1.0, abs=1e-4)
+        points.append(p)
+    assert sum(r["positions"] for r in summarize_bins(points)) == 4
+
+
+def test_diagnose_records_states_and_bins_positions(dlm, rm):
+    from entrgi_core.tools.diagnose import diagnose
+    cfg = DenoiseConfig(steps=8, max_new_tokens=6, num_samples=1)
+    points = diagnose(dlm, rm, PROMPTS[:2], cfg, positions=2, samples=64, draws=2)   # V > 64: sampled estimate
+    assert len(points) == 3 * 2 * 2 and {p["step"] for p in points} == {2, 4, 6}
+    assert all(0 <= p["entropy"] <= 1 for p in points)
+    assert all(-1 <= p["cos_soft"] <= 1 for p in points if p["cos_soft"] is not None)
+    assert any(abs(p["gap"]) > 1e-4 for p in points)    # the relaxation is not exact for a real RM
+
+
+@pytest.mark.slow
+def test_compare_writes_the_frontier(tmp_path, tiny_dlm_path, tiny_rm_path):
+    import json as _json
+
+    from entrgi_core.cli import main
+    out = tmp_path / "cmp"
+    main(["compare", "--seeds", "0", "1", "--budgets", "2", "4", "--guided-k", "2", "--guided-m", "1", "--smc-k", "2",
+          "--prompts", "2", "--out", str(out), "--dlm.init_args.path", str(tiny_dlm_path),
+          "--reward.init_args.path", str(tiny_rm_path), "--sampling.steps", "4", "--sampling.max_new_tokens", "6"])
+    data = _json.loads((out / "frontier.json").read_text())
+    labels = [r["label"] for r in data["rows"]]
+    assert labels[:2] == ["BoN K=2", "BoN K=4"] and "EntRGi K=2 M=1" in labels and "APS K=2 M=1" in labels
+    assert {"SMC none K=2", "SMC Expectation K=2", "SMC APS K=2", "SMC EntRGi K=2"} <= set(labels)
+    assert len(data["runs"]) == 2 * len(labels) and all(r["seeds"] == 2 for r in data["rows"])
+    bon2, bon4 = data["rows"][0], data["rows"][1]
+    assert bon4["forward_equivalents"] == pytest.approx(2 * bon2["forward_equivalents"], rel=0.05)
+    assert {"j:oracle", "j:valid"} <= set(bon2)            # tiny-world prompts: the oracle and validity judge
+    assert (out / "frontier.png").stat().st_size > 0 and "BoN K=4" in (out / "frontier.txt").read_text()
+
+
+def test_compare_and_diagnose_refuse_bad_input(capsys):
+    from entrgi_core.cli import main
+    for argv, message in ((["compare", "--budgets", "0"], "--budgets must be >= 1"),
+                          (["compare", "--prompts", "0"], "--prompts must be >= 1"),
+                          (["compare", "--smc-k", "0"], "--smc-k must be >= 1"),
+                          (["compare", "--only", "Bestof"], "--only Bestof keeps no curve; the curves are: "),
+                          (["diagnose", "--samples", "0"], "--samples must be >= 1")):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_matched_compute_reads_each_curve_at_or_below_each_budget():
+    from entrgi_core.tools.compare import matched
+    rows = [dict(family="Best-of-N", label="BoN K=4", k=4, top1=0.5, forward_equivalents=129),
+            dict(family="Best-of-N", label="BoN K=8", k=8, top1=0.7, forward_equivalents=258),
+            dict(family="SMC", label="SMC K=2", k=2, top1=0.8, forward_equivalents=120),
+            dict(family="SMC", label="SMC K=4", k=4, top1=0.6, forward_equivalents=240),
+            dict(family="SMC", label="SMC K=8", k=8, top1=0.99, forward_equivalents=480)]
+    lines = matched(rows).splitlines()
+    assert lines[3].split() == ["129", "(BoN", "K=4)", "+0.500", "[K=4]", "+0.800", "[K=2]"]
+    assert lines[4].split() == ["258", "(BoN", "K=8)", "+0.700", "[K=8]", "+0.800", "[K=2]"]   # K=8 costs too much
+    assert matched(rows[:2]) == ""
