@@ -7,11 +7,14 @@ no GPU is visible), MAX_JOBS, DEBUG=1. Install with `pip install --no-build-isol
 so the extension is built against the torch already in the environment.
 """
 import os
+import re
 from pathlib import Path
 
 from setuptools import setup
 
-VERSION = "0.1.0"   # keep equal to pyproject.toml
+# the version is written once, in entrgi_core/__init__.py (pyproject.toml reads it from there too)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "entrgi_core" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 
 def cuda_decision(torch, cuda_home):

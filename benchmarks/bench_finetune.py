@@ -76,8 +76,8 @@ def train(rm_name: str, recipe: str, seed: int, budget: float, lr: float, out: P
 
     from entrgi_core import MaskedLM, tinyworld
     from entrgi_core.data import PromptDataModule
-    from entrgi_core.finetune import GuidedFineTuner
-    from entrgi_core.fit_writer import FitOutputs
+    from entrgi_core.training.finetune import GuidedFineTuner
+    from entrgi_core.training.outputs import FitOutputs
     from rewards import HFRewardModel
 
     make, settings = RECIPES[recipe]

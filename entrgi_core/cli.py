@@ -31,12 +31,12 @@ import guidance
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance
 from entrgi_core.data import PromptDataModule
+from entrgi_core.errors import InputError
 from entrgi_core.models import DiffusionLM, DiffusionModel
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
 from entrgi_core.schedules import SCHEDULES
 from entrgi_core.writer import JsonlPredictionWriter
-from entrgi_core.errors import InputError
 from rewards.base import RewardAdapter
 
 KNOWN_CLASSES = {          # what a misspelled class_path is compared with
@@ -119,13 +119,25 @@ class EntrgiCLI(LightningCLI):
     def _cfg(self):
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def add_core_arguments_to_parser(self, parser) -> None:
+        """Lightning's trainer and model groups; the data group is parsed here and built in
+        ``before_instantiate_classes``, once, before any model loads."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_class_arguments(PromptDataModule, "data", instantiate=False, fail_untyped=False)
+
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
         _check_devices(cfg.trainer)
         if cfg.data.get("shuffle_seed") is None:       # the paper's slices are tied to the sampling seed
             cfg.data.shuffle_seed = cfg.sampling.seed
-        # the data module reads and validates the prompts: fail on a bad file before loading models
-        PromptDataModule(**cfg.data.as_dict())
+        # the data module reads and validates the prompts: a bad file fails before any model loads
+        self.data = PromptDataModule(**cfg.data.as_dict())
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.datamodule = self.data                    # the one built above (the parser leaves "data" as settings)
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._cfg()
@@ -139,12 +151,13 @@ class EntrgiCLI(LightningCLI):
 
 class EntrgiFitCLI(EntrgiCLI):
     """``entrgi fit``: train the dLLM on its own guided rollouts (GuidedFineTuner). The output
-    directory is ``entrgi_core.fit_writer``'s; ``--ckpt_path last`` resumes."""
+    directory is ``entrgi_core.training.outputs``'s; ``--ckpt_path last`` resumes."""
 
     def add_arguments_to_parser(self, parser):
         add_generation_arguments(parser, DiffusionLM)
         parser.add_argument("--output_dir", type=str, default="outputs/fit",
-                            help="run.json, metrics.csv, checkpoints/, model/, rollouts.jsonl, curves.png")
+                            help="run.json, metrics.csv (Lightning's CSVLogger), checkpoints/, model/, rollouts.jsonl, "
+                                 "curves.png")
         parser.add_argument("--overwrite", type=bool, default=False, help="replace another run in output_dir")
         parser.add_argument("--export_rollouts", type=bool, default=True,
                             help="write every step's rollouts (rollouts.jsonl: prompt, completion, reward, step, ...)")
@@ -163,8 +176,8 @@ class EntrgiFitCLI(EntrgiCLI):
     def instantiate_trainer(self, **kwargs):
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from entrgi_core.fit_writer import CHECKPOINTS, FitOutputs
-        from entrgi_core.rollouts import RolloutWriter
+        from entrgi_core.training import FitLogger, FitOutputs, RolloutWriter
+        from entrgi_core.training.outputs import CHECKPOINTS
 
         cfg = self._cfg()
         out = Path(cfg.output_dir)
@@ -174,6 +187,9 @@ class EntrgiFitCLI(EntrgiCLI):
         if cfg.export_rollouts:
             extra.append(RolloutWriter(str(out)))
         kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+        given = self._get(self.config_init, "trainer", default={}).get("logger")     # a user's loggers come too
+        given = [] if given in (None, False, True) else list(given) if isinstance(given, (list, tuple)) else [given]
+        kwargs["logger"] = [FitLogger(str(out))] + given                             # metrics.csv, always
         return LightningCLI.instantiate_trainer(self, **kwargs)
 
 
@@ -211,7 +227,7 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(f"entrgi_core.tools.{argv[0]}").main(argv[1:])
             return
         if argv and argv[0] == "fit":
-            from entrgi_core.finetune import GuidedFineTuner
+            from entrgi_core.training.finetune import GuidedFineTuner
 
             warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden")  # --optimizer
             EntrgiFitCLI(GuidedFineTuner, PromptDataModule, subclass_mode_model=False, save_config_callback=None,

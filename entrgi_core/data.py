@@ -2,7 +2,8 @@
 each with a stable prompt id (the id field, or a hash of the text).
 
 Everything is read and validated on construction, so a bad prompt file fails before any model
-is loaded. ``skip_ids`` (set by the prediction writer when resuming) removes prompts already done.
+is loaded. ``leave_out(ids)`` (called by the prediction writer when resuming) removes prompts
+already done from prediction.
 
 For ``trainer.fit`` (``entrgi fit``) the data module yields the batch of each global step: step s
 takes positions ``s*G .. (s+1)*G - 1`` (G = ``batch_size`` x ranks) of an endless stream of
@@ -20,10 +21,10 @@ import random
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
 from entrgi_core.errors import InputError
 
 
@@ -127,7 +128,7 @@ class PromptDataModule(L.LightningDataModule):
         if limit is not None:
             items = items[:limit]
         self.items = items
-        self.skip_ids: set = set()
+        self._done: frozenset = frozenset()      # prompt ids a resumed run has already done (``leave_out``)
         # a file's location is not part of the identity (the fingerprint is): a moved file still resumes
         self.source = {"dataset": dataset,
                        "split": split if dataset else None, "subset": subset, "field": field, "id_field": id_field,
@@ -146,8 +147,14 @@ class PromptDataModule(L.LightningDataModule):
     def __len__(self) -> int:
         return len(self.items)
 
+    def leave_out(self, ids) -> int:
+        """Predict only the prompts whose id is not in ``ids`` (those a resumed run has already
+        done); returns how many of this module's prompts that leaves out."""
+        self._done = frozenset(ids)
+        return sum(it["id"] in self._done for it in self.items)
+
     def remaining(self) -> list[dict]:
-        return [it for it in self.items if it["id"] not in self.skip_ids]
+        return [it for it in self.items if it["id"] not in self._done]
 
     def train_dataloader(self) -> DataLoader:
         """The batch of each remaining global step (up to ``trainer.max_steps``) of this rank."""

@@ -13,6 +13,7 @@ import socket
 from urllib.parse import urlparse
 
 import torch
+
 from entrgi_core.errors import InputError
 
 _REACHABLE: dict[str, bool] = {}

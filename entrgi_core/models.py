@@ -211,7 +211,7 @@ class DiffusionLM(DiffusionModel):
         return self.position_logits(input_ids, attention_mask, position_ids, cache)
 
     def position_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
-        """``logits`` with autograd (training, ``entrgi_core.likelihood``)."""
+        """``logits`` with autograd (training, ``entrgi_core.training.likelihood``)."""
         args = (input_ids, attention_mask, position_ids)
         out = self.forward_logits(*args) if cache is None else self.forward_logits(*args, cache=cache)
         if self.shift_logits:

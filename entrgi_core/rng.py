@@ -18,7 +18,7 @@ SAMPLE = 1       # token sampled at a masked position
 ORDER = 2        # Gumbel noise / coin flips deciding which positions are committed
 HARD = 3         # hard token of the gated relaxation at an inner guidance step
 RESAMPLE = 4     # the one uniform of a prompt's systematic resampling at a denoising step
-TRAIN_MASK = 5   # which tokens a likelihood estimator masks (entrgi_core.likelihood)
+TRAIN_MASK = 5   # which tokens a likelihood estimator masks (entrgi_core.training.likelihood)
 TRAIN_RATE = 6   # the mask rate of one ELBO sample
 
 _M1 = -4658895280553007687   # 0xbf58476d1ce4e5b9 as int64

@@ -10,7 +10,7 @@ later run with another configuration is refused unless ``overwrite=True``.
 A run that replaces outputs (``overwrite=True`` or ``resume=False``) writes its shards under
 ``.staging/`` and replaces ``predictions.jsonl``, ``summary.json`` and ``run.json`` only when it
 has finished: a run that fails leaves the directory as it was. ``export_rollouts=True`` also
-writes ``rollouts.jsonl``, one line per response (``entrgi_core.rollouts``), from the predictions.
+writes ``rollouts.jsonl``, one line per response (``entrgi_core.training.rollouts``), from the predictions.
 """
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+
 from entrgi_core.config import old_spelling
+from entrgi_core.data import PromptDataModule
 from entrgi_core.errors import InputError
 from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic, write_lines
-from entrgi_core.rollouts import ROLLOUTS, rollout_lines
+from entrgi_core.training.rollouts import ROLLOUTS, rollout_lines
 
 __all__ = ["JsonlPredictionWriter", "read_jsonl", "summarize", "total_compute"]
 
@@ -88,8 +90,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier("entrgi-writer-setup")
         done = {r["prompt_id"] for r in self.done_records()} if self.resume and not self.overwrite else set()
         dm = trainer.datamodule
-        if done and dm is not None and hasattr(dm, "skip_ids"):
-            dm.skip_ids = done
+        if done and isinstance(dm, PromptDataModule):
+            dm.leave_out(done)
         self._shard = self._shard_dir / f"shard-rank{trainer.global_rank}.jsonl"
 
     @staticmethod

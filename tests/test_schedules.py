@@ -8,8 +8,7 @@ import torch
 
 from entrgi_core import DenoiseConfig, InputError, LLaDALM, MaskedLM, generate
 from entrgi_core.config import old_spelling
-from entrgi_core.schedules import (SCHEDULES, CommitView, Dream, EntropyBound, Factor, LLaDA, ParallelSchedule,
-                                   Threshold)
+from entrgi_core.schedules import SCHEDULES, CommitView, Dream, EntropyBound, Factor, LLaDA, ParallelSchedule, Threshold
 from guidance import SMC, EntRGi, Expectation
 from tests.helpers import PROMPTS, ROOT, exploding_model, in_process_cli, read_jsonl
 

@@ -12,13 +12,13 @@ from torch import nn
 from entrgi_core import DenoiseConfig, MaskedLM, rng
 from entrgi_core.data import PromptDataModule, StepBatches
 from entrgi_core.errors import InputError
-from entrgi_core.finetune import GuidedFineTuner
-from entrgi_core.fit_writer import FitOutputs, read_metrics
-from entrgi_core.likelihood import ELBO_EPS, Estimator, TokenTerms
 from entrgi_core.models import DiffusionLM
-from entrgi_core.objectives import grpo_loss, rwr_loss, rwr_weights, sft_loss
-from entrgi_core.rollouts import RolloutWriter
 from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
+from entrgi_core.training import FitLogger, FitOutputs, GuidedFineTuner
+from entrgi_core.training.likelihood import ELBO_EPS, Estimator, TokenTerms
+from entrgi_core.training.objectives import grpo_loss, rwr_loss, rwr_weights, sft_loss
+from entrgi_core.training.outputs import read_metrics
+from entrgi_core.training.rollouts import RolloutWriter
 from entrgi_core.writer import read_jsonl
 from guidance import EntRGi
 from tests.helpers import REVIEW_PROMPTS, in_process_cli, prompts_file, snapshot, strip
@@ -67,7 +67,7 @@ def _fit(module, tmp_path, steps, prompts=REVIEW_PROMPTS[:4], batch=2, callbacks
 
     dm = PromptDataModule(path=str(prompts_file(tmp_path / "train.jsonl", prompts)), id_field="id", batch_size=batch)
     d = tmp_path / out
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_model_summary=False,
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=FitLogger(str(d)), enable_model_summary=False,
                         enable_progress_bar=False, num_sanity_val_steps=0,
                         callbacks=[FitOutputs(str(d), overwrite=overwrite), RolloutWriter(str(d)),
                                    ModelCheckpoint(dirpath=d / "checkpoints", save_top_k=0, save_last=True,
@@ -383,7 +383,7 @@ def test_two_processes_make_the_update_of_one_with_the_same_global_batch(tmp_pat
 
 
 def test_a_diverged_update_is_a_clear_error(tiny_dlm_path, rm, tmp_path, monkeypatch):
-    import entrgi_core.finetune as finetune
+    import entrgi_core.training.finetune as finetune
 
     monkeypatch.setattr(finetune, "sft_loss", lambda terms, k: terms.sequence().mean() * float("nan"))
     with pytest.raises(FloatingPointError, match="the sft loss at training step 0 is not finite"):

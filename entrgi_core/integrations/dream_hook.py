@@ -20,8 +20,8 @@ from torch import Tensor
 
 from entrgi_core import checks
 from entrgi_core.contract import Guidance
-from entrgi_core.integrations.canvas import CanvasGuide
 from entrgi_core.errors import InputError
+from entrgi_core.integrations.canvas import CanvasGuide
 
 
 class DreamGuidanceHook(CanvasGuide):

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entrgi_core.integrations.canvas import CanvasGuide
 from entrgi_core.errors import InputError
+from entrgi_core.integrations.canvas import CanvasGuide
 
 
 class GuidanceLogitsProcessor(CanvasGuide):

@@ -17,8 +17,10 @@ def tiny_diffusion_gemma(seed: int = 0, canvas_length: int = 8, hidden: int = 32
     generation config (entropy bound 1, 8 denoising steps, no temperature schedule: temperature 1)."""
     import torch
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (DiffusionGemmaGenerationConfig,
-                                                                                EntropyBoundSamplerConfig)
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        DiffusionGemmaGenerationConfig,
+        EntropyBoundSamplerConfig,
+    )
 
     from entrgi_core.tinyworld.tokenizers import build_dlm_tokenizer
 

@@ -83,9 +83,9 @@ def main(argv=None) -> None:
 
 def small_frontier(dlm, rm, out: Path, seed: int, prompts: int = 8) -> None:
     """A small version of `entrgi compare`: reward against compute, Best-of-N as the baseline."""
+    from entrgi_core.data import PromptDataModule
     from entrgi_core.tools.compare import aggregate, default_methods, plot, run_point
     from entrgi_core.tools.compare import table as frontier_table
-    from entrgi_core.data import PromptDataModule
 
     items = PromptDataModule(path=str(tinyworld.PROMPTS), id_field="id").items[:prompts]
     methods = default_methods(budgets=(4, 8, 16), guided_k=(4,), guided_m=(1, 3), smc_k=(4,))

@@ -2,6 +2,8 @@
 
     run.json        what made the run (the module's settings and the data's identity)
     metrics.csv     one row per step: loss, ll, kl, reward_top1, reward_avg, judges, fwd_eq, ...
+                    (written by Lightning's logger, ``entrgi_core.training.metrics.FitLogger``)
+    hparams.yaml    the module's hyperparameters (the logger's)
     checkpoints/    Lightning's ModelCheckpoint (``last.ckpt``; resume with ``--ckpt_path last``)
     model/          the trained dLLM (``save_pretrained``, LoRA merged), at the end
     curves.png      the metrics against steps, at the end (needs matplotlib)
@@ -10,7 +12,7 @@
 A directory holding another run is refused (``overwrite=True`` replaces it, once every check has
 passed); one holding this run is refused unless it is resumed (``ckpt_path``) or overwritten, so
 nothing written is lost by mistake. On resume the metrics of steps at or after the checkpoint
-(logged after it was written) are dropped first.
+(logged after it was written) are dropped first, before the logger appends again.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from entrgi_core.config import old_spelling
 from entrgi_core.errors import InputError
 from entrgi_core.jsonl import write_atomic
 
-RUN, METRICS, SUMMARY, MODEL, CURVES, CHECKPOINTS = ("run.json", "metrics.csv", "summary.json", "model", "curves.png",
-                                                     "checkpoints")
+RUN, METRICS, SUMMARY, MODEL, CURVES, CHECKPOINTS, HPARAMS = ("run.json", "metrics.csv", "summary.json", "model",
+                                                              "curves.png", "checkpoints", "hparams.yaml")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -42,7 +44,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    keys = sorted(dict.fromkeys(k for r in rows for k in r))
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -117,7 +119,7 @@ class FitOutputs(Callback):
             out = self.output_dir
             out.mkdir(parents=True, exist_ok=True)
             if self.overwrite and trainer.ckpt_path is None:
-                for name in (METRICS, SUMMARY, CURVES):
+                for name in (METRICS, SUMMARY, CURVES, HPARAMS):
                     (out / name).unlink(missing_ok=True)
                 for name in (MODEL, CHECKPOINTS):
                     shutil.rmtree(out / name, ignore_errors=True)
@@ -131,18 +133,6 @@ class FitOutputs(Callback):
             rows = [r for r in read_metrics(self.output_dir / METRICS) if r["step"] < trainer.global_step]
             if rows or (self.output_dir / METRICS).exists():
                 write_metrics(self.output_dir / METRICS, rows)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not trainer.is_global_zero or not pl_module.step_metrics:
-            return
-        row = {"step": trainer.global_step - 1, **pl_module.step_metrics}
-        path = self.output_dir / METRICS
-        rows = read_metrics(path)
-        if rows and set(rows[0]) == set(row):
-            with path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=list(rows[0])).writerow(row)
-        else:
-            write_metrics(path, rows + [row])
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:

@@ -1,5 +1,5 @@
 """Log-likelihood estimators of responses under a masked diffusion LM, for training
-(``entrgi_core.finetune``). A masked dLLM has no exact log-likelihood; trainers estimate it from
+(``entrgi_core.training.finetune``). A masked dLLM has no exact log-likelihood; trainers estimate it from
 masked predictions:
 
 - ``"one_step"`` (d1's diffu-GRPO, RGRL): the response fully masked and each prompt token masked

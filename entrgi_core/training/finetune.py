@@ -4,8 +4,8 @@ guided rollouts (RGRL: amortising guidance into the weights), for ``trainer.fit`
 Each step draws K rollouts per prompt from the *current* weights with any strategy, through the
 same sampler as ``generate`` (None/NoGuidance, EntRGi, Expectation, SMC with a proposal; the
 reward model stays frozen and no gradient reaches the dLLM while sampling), then updates the
-dLLM with ``objective`` (``entrgi_core.objectives``: "sft", "rwr", "grpo") on the log-likelihood
-estimate ``estimator`` (``entrgi_core.likelihood``: "one_step", "elbo"). With ``inner_steps`` = mu
+dLLM with ``objective`` (``entrgi_core.training.objectives``: "sft", "rwr", "grpo") on the log-likelihood
+estimate ``estimator`` (``entrgi_core.training.likelihood``: "one_step", "elbo"). With ``inner_steps`` = mu
 > 1 a rollout batch serves mu updates (d1's inner iterations; the batches of the steps between are
 skipped). Only the dLLM trains: all of it, or LoRA adapters (``lora={"r": 8, ...}``, needs
 ``peft``). The reference of the KL is the starting model, frozen (with LoRA: the adapters off).
@@ -22,25 +22,54 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import lightning as L
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from entrgi_core import checks, rng
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import Guidance
 from entrgi_core.errors import InputError, NonFiniteLogitsError
-from entrgi_core.likelihood import Estimator, TokenTerms
 from entrgi_core.models import DiffusionLM
-from entrgi_core.objectives import OBJECTIVES, WEIGHTS, grpo_loss, k3, rwr_loss, sft_loss
 from entrgi_core.plan import Plan
-from entrgi_core.rollouts import rollout_lines
 from entrgi_core.sampler import run
+from entrgi_core.training.likelihood import Estimator, TokenTerms
+from entrgi_core.training.objectives import OBJECTIVES, WEIGHTS, grpo_loss, k3, rwr_loss, sft_loss
+from entrgi_core.training.rollouts import rollout_lines
 
 FROZEN = ("reward.", "select.", "judges.", "reference.")   # not saved in checkpoints: they never change
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None}
+
+
+@dataclass
+class RolloutBatch:
+    """One training step's rollouts: N = B*K rows (prompt b's K samples are rows b*K .. b*K + K - 1),
+    and what the updates on them read."""
+
+    step: int                         # the global step that drew them
+    encoded: list[list[int]]          # (N,) each row's prompt tokens (the dLLM's, chat template applied)
+    tokens: Tensor                    # (N, L) the responses
+    keys: Tensor                      # (N,) per-row keys of the likelihood estimator's masks
+    rewards: Tensor                   # (B, K) each response's reward
+    best: Tensor                      # (B,) each prompt's Top@1 reward
+    judges: dict = field(default_factory=dict)   # judge name -> ((B,) mean over K, (B,) of Top@1)
+    lines: list = field(default_factory=list)    # rollout lines for the exporter (entrgi_core.training.rollouts)
+    cost: float = 0.0                 # forward-equivalents spent drawing them and on the terms below
+    old: Tensor | None = None         # (N, T) the drawing policy's per-token terms (GRPO with inner_steps > 1)
+    ref: Tensor | None = None         # (N, T) the reference's per-token terms (KL)
+
+    @property
+    def rows(self) -> int:
+        return len(self.encoded)
+
+    def state(self, device=None) -> dict:
+        """Plain fields (tensors moved to ``device``, default the CPU) for a checkpoint."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        return apply_to_collection(state, Tensor, lambda t: t.detach().to(device or "cpu"))
 
 
 class GuidedFineTuner(L.LightningModule):
@@ -107,7 +136,7 @@ class GuidedFineTuner(L.LightningModule):
             self.reference = copy.deepcopy(model).requires_grad_(False)
         self.spent = 0.0                                   # forward-equivalents over all ranks so far
         self.step_metrics: dict = {}                       # the last step's metrics, averaged over ranks
-        self._rollouts: dict | None = None                 # the rollout batch the inner steps reuse
+        self._rollouts: RolloutBatch | None = None         # the rollout batch the inner steps reuse
         self.save_hyperparameters(self.run_config())
 
     # ----------------------------------------------------------------------- set-up
@@ -174,18 +203,17 @@ class GuidedFineTuner(L.LightningModule):
 
     # ----------------------------------------------------------------------- one step
 
-    def _reference_terms(self, rollouts: dict) -> Tensor:
+    def _reference_terms(self, rollouts: RolloutBatch) -> Tensor:
         with torch.no_grad():
             if self.reference is not None:
                 return self._terms(rollouts, self.reference).logp
             with self.model.model.disable_adapter():
                 return self._terms(rollouts, self.model).logp
 
-    def _terms(self, rollouts: dict, model=None) -> TokenTerms:
-        return self.estimator(model or self.model, rollouts["encoded"], rollouts["tokens"], rollouts["keys"],
-                              rollouts["step"])
+    def _terms(self, rollouts: RolloutBatch, model=None) -> TokenTerms:
+        return self.estimator(model or self.model, rollouts.encoded, rollouts.tokens, rollouts.keys, rollouts.step)
 
-    def rollout(self, batch: dict, step: int) -> dict:
+    def rollout(self, batch: dict, step: int) -> RolloutBatch:
         """K rollouts per prompt of ``batch`` from the current weights, and what the update reads."""
         ids = [f"{i}@{p}" for i, p in zip(batch["id"], batch["position"])]   # unique in the stream
         prompts = self.plan.batch(batch["prompt"], ids)
@@ -197,26 +225,24 @@ class GuidedFineTuner(L.LightningModule):
                                        f"({exc}); an earlier update diverged: lower lr, clip gradients "
                                        "(trainer gradient_clip_val) or raise kl_weight") from exc
         k = self.config.num_samples
-        out = {"step": step, "encoded": [e for e in prompts.encoded for _ in range(k)],
-               "tokens": res.tokens.reshape(-1, res.tokens.shape[-1]).to(self.device),
-               "keys": rng.row_keys(self.config.seed, ids, k, device=self.device),
-               "rewards": res.rewards.to(self.device), "best": res.best_reward.to(self.device),
-               "judges": {n: (v.mean(1), v.gather(1, res.best_index[:, None])[:, 0]) for n, v in
-                          res.judge_scores.items()},
-               "lines": [ln for rec, pid, pos in zip(res.records(self.method, self.config.seed), batch["id"],
-                                                       batch["position"])
-                         for ln in rollout_lines(rec, step=step, prompt_id=pid, position=pos)]}
-        rows = len(out["encoded"])
-        cost = sum(res.compute["forward_equivalents"])
+        out = RolloutBatch(
+            step=step, encoded=[e for e in prompts.encoded for _ in range(k)],
+            tokens=res.tokens.reshape(-1, res.tokens.shape[-1]).to(self.device),
+            keys=rng.row_keys(self.config.seed, ids, k, device=self.device),
+            rewards=res.rewards.to(self.device), best=res.best_reward.to(self.device),
+            judges={n: (v.mean(1), v.gather(1, res.best_index[:, None])[:, 0]) for n, v in res.judge_scores.items()},
+            lines=[ln for rec, pid, pos in zip(res.records(self.method, self.config.seed), batch["id"],
+                                               batch["position"])
+                   for ln in rollout_lines(rec, step=step, prompt_id=pid, position=pos)],
+            cost=sum(res.compute["forward_equivalents"]))
         if self.inner_steps > 1:                          # the policy the rollouts came from, under the update's masks
             with torch.no_grad():
-                out["old"] = self._terms(out).logp
-            cost += rows * self.estimator.forwards
+                out.old = self._terms(out).logp
+            out.cost += out.rows * self.estimator.forwards
         if self.needs_reference:
-            out["ref"] = self._reference_terms(out)
+            out.ref = self._reference_terms(out)
             if self.objective == "grpo" and self.kl_weight > 0:
-                cost += rows * self.estimator.forwards
-        out["cost"] = cost
+                out.cost += out.rows * self.estimator.forwards
         return out
 
     @property
@@ -227,34 +253,34 @@ class GuidedFineTuner(L.LightningModule):
         step = self.global_step
         if batch.get("step") is not None and int(batch["step"]) != step:
             raise RuntimeError(f"GuidedFineTuner: the data gave the batch of step {batch['step']} at step {step}")
-        fresh = self._rollouts is None or step - self._rollouts["step"] >= self.inner_steps
+        fresh = self._rollouts is None or step - self._rollouts.step >= self.inner_steps
         if fresh:
             self._rollouts = self.rollout(batch, step)
         ro = self._rollouts
         terms = self._terms(ro)
         k = self.config.num_samples
-        kl = k3(terms.logp, ro["ref"]) if "ref" in ro else None            # (N, T) per token
+        kl = k3(terms.logp, ro.ref) if ro.ref is not None else None        # (N, T) per token
         stats = {}
         if self.objective == "sft":
             loss = sft_loss(terms, k)
         elif self.objective == "rwr":
-            loss = rwr_loss(terms, ro["rewards"], self.weights, self.beta)
+            loss = rwr_loss(terms, ro.rewards, self.weights, self.beta)
         else:
-            old = ro["old"] if "old" in ro else terms.logp.detach()
-            loss, stats = grpo_loss(terms, old, kl if self.kl_weight > 0 else None, ro["rewards"], self.clip,
+            old = ro.old if ro.old is not None else terms.logp.detach()
+            loss, stats = grpo_loss(terms, old, kl if self.kl_weight > 0 else None, ro.rewards, self.clip,
                                     self.kl_weight)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"GuidedFineTuner: the {self.objective} loss at training step {step} is not finite "
                                      f"({float(loss)}): lower lr, clip gradients or raise kl_weight")
-        cost = (ro["cost"] if fresh else 0.0) + len(ro["encoded"]) * 3 * self.estimator.forwards
+        cost = (ro.cost if fresh else 0.0) + ro.rows * 3 * self.estimator.forwards
         metrics = {"loss": loss.detach(), "ll": terms.sequence().detach().mean(),
                    "kl": terms.read_mean(kl.detach()).mean() if kl is not None else torch.tensor(float("nan")),
-                   "reward_top1": ro["best"].mean(), "reward_avg": ro["rewards"].mean(),
+                   "reward_top1": ro.best.mean(), "reward_avg": ro.rewards.mean(),
                    "cost": torch.tensor(float(cost)), **stats}
-        for name, (avg, top1) in ro["judges"].items():
+        for name, (avg, top1) in ro.judges.items():
             metrics[f"{name}_top1"], metrics[f"{name}_avg"] = top1.mean(), avg.mean()
         self._record(metrics)
-        return {"loss": loss, "rollouts": ro["lines"] if fresh else []}
+        return {"loss": loss, "rollouts": ro.lines if fresh else []}
 
     def _record(self, metrics: dict) -> None:
         """Average the step's metrics over ranks (the cost is summed), log them and add the cost."""
@@ -268,9 +294,9 @@ class GuidedFineTuner(L.LightningModule):
         self.spent += out.pop("cost")
         out["fwd_eq"] = self.spent
         self.step_metrics = out
-        if self._trainer is not None:
-            self.log_dict({f"train/{n}": v for n, v in out.items() if v == v}, on_step=True, prog_bar=False,
-                          batch_size=len(self._rollouts["encoded"]), rank_zero_only=True)
+        if self._trainer is not None and self.trainer.is_global_zero:   # every step, whatever log_every_n_steps says
+            for logger in self.loggers:                                  # (entrgi fit: FitLogger's metrics.csv)
+                logger.log_metrics({n: v for n, v in out.items() if v == v}, step=self.global_step)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.budget is not None and self.spent >= self.budget:
@@ -281,14 +307,16 @@ class GuidedFineTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN)}
         checkpoint["entrgi"] = {"spent": self.spent,
-                                "rollouts": _to_cpu(self._rollouts) if self._rollouts is not None else None}
+                                "rollouts": self._rollouts.state() if self._rollouts is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         own = self.state_dict()
         checkpoint["state_dict"].update({k: v for k, v in own.items() if k.startswith(FROZEN)})
         state = checkpoint.get("entrgi", {})
         self.spent = float(state.get("spent", 0.0))
-        self._rollouts = _to_device(state.get("rollouts"), self.device)
+        rollouts = state.get("rollouts")                    # RolloutBatch.state(): plain fields
+        self._rollouts = None if rollouts is None else \
+            RolloutBatch(**apply_to_collection(rollouts, Tensor, lambda t: t.to(self.device)))
 
     def export(self, path) -> None:
         """The trained dLLM to ``path`` (LoRA merged into a copy), loadable as ``type(model)(path)``."""
@@ -298,24 +326,4 @@ class GuidedFineTuner(L.LightningModule):
             type(self.model).from_model(merged, self.model.tokenizer, mask_id=self.model.mask_id).save_pretrained(path)
         else:
             self.model.save_pretrained(path)
-
-
-def _to_cpu(obj):
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _to_device(obj, device):
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
 

@@ -1,8 +1,8 @@
-"""Training objectives on K rollouts per prompt (``entrgi_core.finetune``), each a loss averaged
+"""Training objectives on K rollouts per prompt (``entrgi_core.training.finetune``), each a loss averaged
 over prompts (so that DDP's mean over ranks is the mean over the global batch).
 
 ``ll`` below is a rollout's length-normalised log-likelihood estimate
-(``entrgi_core.likelihood.TokenTerms.sequence``), rows grouped by prompt: (B*K,) viewed (B, K).
+(``entrgi_core.training.likelihood.TokenTerms.sequence``), rows grouped by prompt: (B*K,) viewed (B, K).
 
 - ``sft`` (RGRL's online SFT): ``-mean_b sum_k ll_bk / K``;
 - ``rwr`` (reward-weighted regression): ``-mean_b sum_k w_bk ll_bk`` with ``w = softmax(r / beta)``
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entrgi_core.likelihood import TokenTerms
+from entrgi_core.training.likelihood import TokenTerms
 
 OBJECTIVES = ("sft", "rwr", "grpo")
 WEIGHTS = ("soft", "best", "uniform")
