@@ -1,5 +1,6 @@
 """Every Python block and every command in README.md and docs/*.md runs as written: Python blocks
-in this interpreter, ``entrgi`` lines through the CLI in-process (whole runs are ``slow``, the
+in this interpreter (at a test's size in the fast lane, as written in the slow one), ``entrgi``
+lines through the CLI in-process (whole runs are ``slow``, the
 multi-process ones in fresh interpreters; those that need downloaded weights with ``--print_config``,
 which parses them without loading; ``predict`` and ``fit`` at a test's size: 4 prompts, 8 steps of
 8 tokens, two training steps). The two ``make`` lines are what CI and the demo run."""
@@ -41,14 +42,20 @@ def test_links_between_the_pages_resolve():
             assert (page.parent / target).exists(), f"{page.name}: {target}"
 
 
+@pytest.mark.parametrize("size", [pytest.param("test"), pytest.param("full", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("block", [b for _, b in PYTHON_BLOCKS],
                          ids=[f"{page}:{b.splitlines()[-1][:30]}" for page, b in PYTHON_BLOCKS])
-def test_python_blocks_run(block, tmp_path, monkeypatch):
-    """Each block runs as written, imports included. Blocks that load real checkpoints get tiny
-    random models of the same classes in their place (no downloads), with room for 128 tokens."""
+def test_python_blocks_run(block, size, tmp_path, monkeypatch):
+    """Each block runs as written, imports included: at a test's size in the fast lane (every
+    ``DenoiseConfig`` capped at 8 steps of 8 tokens and 2 samples), as written in the slow one.
+    Blocks that load real checkpoints get tiny random models of the same classes in their place
+    (no downloads), with room for 128 tokens."""
     from entrgi_core import DreamLM, MaskedLM
     from rewards import HFRewardModel
     from tests.helpers import save_tiny_dlm, save_tiny_rm
+
+    if size == "test":
+        at_test_size(monkeypatch)
 
     def tiny_dream(path, **kwargs):
         assert path.count("/") == 1, path                                   # a hub name, as written
@@ -65,6 +72,28 @@ def test_python_blocks_run(block, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     code = block.replace('"outputs/', f'"{tmp_path}/outputs/')
     exec(compile(code, "docs", "exec"), {"__name__": "docs"})
+
+
+def at_test_size(monkeypatch, steps: int = 8, length: int = 8, samples: int = 2) -> None:
+    """Every ``DenoiseConfig`` made from now on is capped at ``steps`` steps of ``length`` tokens
+    and ``samples`` samples (blocks shrunk to fit), before its own checks run."""
+    from entrgi_core.config import DenoiseConfig
+
+    checks = DenoiseConfig.__post_init__
+
+    def capped(cfg):
+        small = dict(steps=min(cfg.steps, steps), max_new_tokens=min(cfg.max_new_tokens, length),
+                     num_samples=min(cfg.num_samples, samples))
+        if cfg.block_length is not None:
+            block = min(cfg.block_length, small["max_new_tokens"])
+            block = block if small["max_new_tokens"] % block == 0 else small["max_new_tokens"]
+            blocks = small["max_new_tokens"] // block
+            small.update(block_length=block, steps=max(blocks, small["steps"] // blocks * blocks))
+        for name, value in small.items():
+            object.__setattr__(cfg, name, value)
+        checks(cfg)
+
+    monkeypatch.setattr(DenoiseConfig, "__post_init__", capped)
 
 
 def patch_dreams_own_sampler(monkeypatch):

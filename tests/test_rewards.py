@@ -346,7 +346,7 @@ def test_cli_judges_and_select_write_every_record_and_the_summary(cli_config, tm
     out = tmp_path / "out"
     judges = json.dumps([{"class_path": "entrgi_core.tinyworld.OracleJudge"}])
     code, err = in_process_cli("predict", "--config", str(cli_config), "--judges", judges,
-                               "--select", "rewards.TextReward", "--select.fn", "tests.test_roles:length")
+                               "--select", "rewards.TextReward", "--select.fn", "tests.test_rewards:length")
     assert code == 0, err
     recs = read_jsonl(out / "predictions.jsonl")
     assert len(recs) == 7 and all(set(r["judges"]) == {"oracle"} and len(r["judges"]["oracle"]["scores"]) == 2
@@ -366,7 +366,7 @@ def test_cli_bad_text_reward_is_one_line_and_the_output_directory_is_unchanged(c
     before = snapshot(out)
     for fn in ("nan_for_the_second", "one_short", "raises"):
         code, err = in_process_cli("predict", "--config", str(cli_config), "--overwrite", "true",
-                                   "--select", "rewards.TextReward", "--select.fn", f"tests.test_roles:{fn}")
+                                   "--select", "rewards.TextReward", "--select.fn", f"tests.test_rewards:{fn}")
         lines = [ln for ln in err.splitlines() if ln.startswith("entrgi: error")]
         assert code == 2 and len(lines) == 1 and "prompt id(s) ['p" in lines[0] and "Traceback" not in err, err
         assert snapshot(out) == before, fn
