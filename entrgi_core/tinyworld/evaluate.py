@@ -10,6 +10,7 @@ import lightning as L
 
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.data import PromptDataModule
+from entrgi_core.errors import InputError
 from entrgi_core.module import GuidedDenoiser
 from entrgi_core.progress import PromptProgressBar
 from entrgi_core.tinyworld.judges import OracleJudge, ValidityJudge
@@ -59,20 +60,28 @@ def score(method: str, records: list[dict], summary: dict) -> MethodResult:
 
 def run_methods(dlm, rm, prompts: Path, out_dir: Path, config: DenoiseConfig, *, progress: bool = True,
                 batch_size: int = 8) -> list[MethodResult]:
-    """trainer.predict once per method; outputs under ``out_dir/<method>`` (resumable)."""
+    """trainer.predict once per method; outputs under ``out_dir/<method>``, resumed when they hold
+    this configuration's predictions and replaced (once this run has finished) when they hold
+    another's: the directory is the demo's own."""
     results = []
     for label, strategy in methods():
         target = out_dir / label.lower().replace("-", "_")
-        callbacks = [JsonlPredictionWriter(str(target))]
         if progress:
-            callbacks.append(PromptProgressBar())
             print(f"{label}:", flush=True)
-        trainer = L.Trainer(accelerator="cpu", devices=1, inference_mode=False, logger=False,
-                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                            callbacks=callbacks)
-        trainer.predict(GuidedDenoiser(dlm, rm, strategy, config, judges=[OracleJudge(), ValidityJudge()]),
-                        datamodule=PromptDataModule(path=str(prompts), id_field="id", batch_size=batch_size),
-                        return_predictions=False)
+        module = GuidedDenoiser(dlm, rm, strategy, config, judges=[OracleJudge(), ValidityJudge()])
+        data = PromptDataModule(path=str(prompts), id_field="id", batch_size=batch_size)
+        try:
+            _predict(module, data, target, progress, overwrite=False)
+        except InputError as exc:                      # another configuration's outputs (another seed, version)
+            print(f"[demo] {exc}".split("; nothing was changed")[0] + "; replacing them.", flush=True)
+            _predict(module, data, target, progress, overwrite=True)
         summary = json.loads((target / "summary.json").read_text())
         results.append(score(label, read_jsonl(target / "predictions.jsonl"), summary))
     return results
+
+
+def _predict(module, data, target: Path, progress: bool, *, overwrite: bool) -> None:
+    callbacks = [JsonlPredictionWriter(str(target), overwrite=overwrite)] + ([PromptProgressBar()] if progress else [])
+    trainer = L.Trainer(accelerator="cpu", devices=1, inference_mode=False, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=progress, callbacks=callbacks)
+    trainer.predict(module, datamodule=data, return_predictions=False)
