@@ -1,15 +1,22 @@
-"""HFRewardModel: a Hugging Face sequence-classification reward model (e.g. Skywork-Reward-V2).
+"""HFRewardModel: a Hugging Face sequence-classification reward model (e.g. Skywork-Reward-V2, or an
+encoder classifier such as a BERT, RoBERTa or DeBERTa reward model).
 
-The RM reads ``[prefix | response | suffix]`` where prefix and suffix come from its own chat
-template rendered around the response, tokenised once per prompt and cached. ``score_embeds``
-packs each row without gaps (right padding, explicit position ids) and reads the score at the
-last real token, exactly as ``score_text`` does for discrete text, which goes through the very
-same path with the embeddings of its token ids. So on one-hot inputs the two agree.
+The RM reads ``[prefix | response | suffix]``: with a chat template, prefix and suffix are the
+template rendered around the response; without one, the tokenizer's own pair rule around the
+prompt and the response (``[CLS] prompt [SEP] response [SEP]`` for BERT, with its token types).
+They are tokenised once per prompt and cached. ``score_embeds`` packs each row without gaps
+(right padding) and scores it as the model itself does: a causal backbone (decoder reward models)
+by the head at the last real token (their own pooling; explicit positions, an optional cached
+prefix), any other through the model's own forward (its pooler, its classifier, its positions
+and token types). ``score_text`` goes through the very same path with the embeddings of its token
+ids, so on one-hot inputs the two agree, and both equal ``model(**tokenizer(...)).logits``: a
+model whose own forward disagrees is refused when it is loaded.
 """
 from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,6 +26,17 @@ from entrgi_core.errors import InputError
 from rewards.base import RewardAdapter, RewardContext, pad_token_ids
 
 _SENTINEL = "\u2063ENTRGI_RESPONSE\u2063"
+PROBE = ("Was the stay good?", "Yes, the room was clean and the staff kind.")   # the load-time agreement check
+
+
+class Layout(NamedTuple):
+    """Token ids (and token types) around the response, for one prompt."""
+
+    prefix: list[int]
+    suffix: list[int]
+    prefix_types: list[int]
+    response_type: int
+    suffix_types: list[int]
 
 
 class HFRewardModel(RewardAdapter):
@@ -61,10 +79,15 @@ class HFRewardModel(RewardAdapter):
         self.tokenizer = tokenizer
         self.min_coverage = min_coverage
         self.name = name or getattr(tokenizer, "name_or_path", None) or type(model).__name__
-        if self.head is None:
-            raise InputError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
         self.max_positions = max_positions(model.config)
-        self._cache: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
+        self._cache: OrderedDict[str, Layout] = OrderedDict()
+        self.takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
+        if self._causal_backbone and self.head is None:
+            raise InputError(f"{self.name}: no `score` or `classifier` head found on {type(model).__name__}")
+        if prefix_cache and not self._causal_backbone:
+            raise InputError(f"{self.name}: prefix_cache=True reuses the prompt's keys and values, which is exact only "
+                             "for a causal backbone, and this one is bidirectional; leave prefix_cache unset")
+        self.check_own_forward()
 
     @property
     def backbone(self):
@@ -80,42 +103,62 @@ class HFRewardModel(RewardAdapter):
 
     # ----------------------------------------------------------------------- prompt parts
 
-    def _parts(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids of the chat template before and after the response, cached per prompt."""
+    def _parts(self, prompt: str) -> Layout:
+        """Token ids (and types) of the chat template, or of the tokenizer's pair rule, before and
+        after the response; cached per prompt."""
         if prompt in self._cache:
             self._cache.move_to_end(prompt)
         else:
-            tok = self.tokenizer
-            if getattr(tok, "chat_template", None):
-                text = tok.apply_chat_template(
-                    [{"role": "user", "content": prompt}, {"role": "assistant", "content": _SENTINEL}],
-                    tokenize=False,
-                )
-                if text.count(_SENTINEL) != 1:
-                    raise InputError(f"{self.name}: the chat template does not place the response exactly once")
-                prefix, suffix = text.split(_SENTINEL)
-            else:
-                prefix, suffix = prompt + "\n", ""
-            enc = lambda s: tok(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
-            self._cache[prompt] = (enc(prefix), enc(suffix))
+            self._cache[prompt] = self._template_layout(prompt) if self._has_template else self._pair_layout(prompt)
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
         return self._cache[prompt]
 
+    @property
+    def _has_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def _template_layout(self, prompt: str) -> Layout:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+        if text.count(_SENTINEL) != 1:
+            raise InputError(f"{self.name}: the chat template does not place the response exactly once")
+        prefix, suffix = (self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else []
+                          for t in text.split(_SENTINEL))
+        return Layout(prefix, suffix, [0] * len(prefix), 0, [0] * len(suffix))
+
+    def _pair_layout(self, prompt: str) -> Layout:
+        """The tokenizer's own rule for a (prompt, response) pair: its special tokens and token
+        types around a marker response, found from the end of the pair's ids."""
+        tok = self.tokenizer
+        marker = tok("a", add_special_tokens=False)["input_ids"]
+        enc = tok(prompt, "a")                           # token types only where the tokenizer gives them
+        ids, types = enc["input_ids"], enc.get("token_type_ids") or [0] * len(enc["input_ids"])
+        starts = [i for i in range(len(ids) - len(marker), -1, -1) if ids[i: i + len(marker)] == marker]
+        if not marker or not starts:
+            raise InputError(f"{self.name}: its tokenizer has no chat template, and its pair rule does not keep the "
+                             "response's tokens as they are alone; give the tokenizer a chat template")
+        at, end = starts[0], starts[0] + len(marker)
+        return Layout(ids[:at], ids[end:], types[:at], types[at], types[end:])
+
     def template_length(self, prompt: str) -> int:
-        prefix, suffix = self._parts(prompt)
-        return len(prefix) + len(suffix)
+        parts = self._parts(prompt)
+        return len(parts.prefix) + len(parts.suffix)
 
     def prepare(self, prompts: list[str]) -> RewardContext:
         parts = [self._parts(p) for p in prompts]
         table = self.embedding_table
-        pre, pre_keep = pad_token_ids([a for a, _ in parts], self.device)    # (B, P) right-padded
-        suf, suf_keep = pad_token_ids([b for _, b in parts], self.device)    # (B, S)
+        pre, pre_keep = pad_token_ids([p.prefix for p in parts], self.device)    # (B, P) right-padded
+        suf, suf_keep = pad_token_ids([p.suffix for p in parts], self.device)    # (B, S)
         pre_len, suf_len = pre_keep.sum(1), suf_keep.sum(1)
         with torch.no_grad():
             data = dict(prefix=table[pre], prefix_len=pre_len, suffix=table[suf], suffix_len=suf_len)
             if self.uses_prefix_cache:
                 data.update(self._prefix_states(data["prefix"], pre_len))
+            elif self.takes_token_types:                                           # (B, P), (B,), (B, S)
+                data.update(prefix_types=pad_token_ids([p.prefix_types for p in parts], self.device)[0],
+                            response_type=torch.tensor([p.response_type for p in parts], device=self.device),
+                            suffix_types=pad_token_ids([p.suffix_types for p in parts], self.device)[0])
         return RewardContext(list(prompts), data)
 
     # ----------------------------------------------------------------------- prefix cache
@@ -128,6 +171,11 @@ class HFRewardModel(RewardAdapter):
         one's state)."""
         if self.prefix_cache is not None:
             return self.prefix_cache
+        return self._causal_backbone
+
+    @property
+    def _causal_backbone(self) -> bool:
+        """Whether a later token leaves every earlier token's state unchanged (a decoder), probed once."""
         if self._causal is None:
             with torch.no_grad():
                 x = torch.randn(2, 3, self.embedding_table.shape[1], generator=torch.Generator().manual_seed(0))
@@ -182,9 +230,17 @@ class HFRewardModel(RewardAdapter):
         in_suf = (pos >= a_ + r_) & (pos < a_ + r_ + s_)
         x = torch.where(in_suf[..., None], _take(d["suffix"].to(embeds.dtype), pos - a_ - r_), x)
         attention = (pos < a_ + r_ + s_).long()                         # (B, T) right padding
+        if not self.uses_prefix_cache and not self._causal_backbone:    # the model's own pooling and positions
+            kwargs = {}
+            if "prefix_types" in d:                                     # (B, T) token types as the pair rule sets them
+                types = torch.where(pos < a_, _take(d["prefix_types"][..., None], pos)[..., 0], d["response_type"][:, None])
+                types = torch.where(in_suf, _take(d["suffix_types"][..., None], pos - a_ - r_)[..., 0], types)
+                kwargs["token_type_ids"] = torch.where(attention.bool(), types, torch.zeros_like(types))
+            with self._autocast(x.device):
+                return self.model(inputs_embeds=x, attention_mask=attention, **kwargs).logits[:, 0].float()
         with self._autocast(x.device):
             hidden = self.backbone(inputs_embeds=x, attention_mask=attention, position_ids=pos).last_hidden_state
-        last = (a + r + s - 1).clamp(min=0)                             # (B,) last real token
+        last = (a + r + s - 1).clamp(min=0)                             # (B,) last real token: a decoder's pooling
         h = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (B, H)
         return self.head(h)[:, 0].float()
 
@@ -213,6 +269,32 @@ class HFRewardModel(RewardAdapter):
         h = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)   # (B, H)
         h = torch.where((r + s > 0)[:, None], h, d["prefix_last"].to(h.dtype))
         return self.head(h)[:, 0].float()
+
+    @torch.no_grad()
+    def own_score(self, prompt: str, response: str) -> float:
+        """The model's own forward on its tokenizer's input for (prompt, response): the chat template
+        tokenised, or the tokenizer's pair rule."""
+        tok = self.tokenizer
+        if self._has_template:
+            inputs = tok.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}],
+                                             tokenize=True, return_dict=True, return_tensors="pt")
+        else:
+            inputs = tok(prompt, response, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask",
+                                                                         "token_type_ids")}
+        return float(self.model(**inputs).logits[0, 0])
+
+    def check_own_forward(self) -> None:
+        """Refuse a model whose own forward scores a probe pair differently from ``score_text`` (an
+        architecture whose pooling, positions or special tokens this adapter does not reproduce)."""
+        own, ours = self.own_score(*PROBE), float(self.score_text([PROBE[0]], [PROBE[1]])[0])
+        low = self.embedding_table.dtype in (torch.float16, torch.bfloat16) or self.autocast is not None
+        tol = 3e-2 if low else 1e-4
+        if abs(own - ours) > tol * max(1.0, abs(own)):
+            raise InputError(f"{self.name}: {type(self.model).__name__} scores a probe pair {own:.6g} by its own forward "
+                             f"but {ours:.6g} through entrgi's path (its pooling, positions or special tokens are "
+                             "not reproduced), so guidance would read another model; it is refused")
 
     @torch.no_grad()
     def score_text(self, prompts: list[str], responses: list[str]) -> Tensor:

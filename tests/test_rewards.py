@@ -393,3 +393,109 @@ def test_prompt_cache_is_bounded(rm, monkeypatch):
     for i in range(12):
         rm.template_length(f"prompt number {i}")
     assert len(rm._cache) == 5 and "prompt number 11" in rm._cache
+
+
+# ----------------------------------------------------------------------------- every classifier by its own head
+
+def pair_tokenizer(cls_token: str, sep_token: str, *, double_sep: bool = False, pad: str = "[PAD]"):
+    """A WordPiece tokenizer over the tiny world's words whose pair rule is BERT's
+    (``[CLS] A [SEP] B [SEP]``, types 0 / 1) or, with ``double_sep``, RoBERTa's
+    (``<s> A </s></s> B </s>``, types 0)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from entrgi_core.tinyworld.grammar import words
+
+    specials = [pad, "[UNK]", cls_token, sep_token, "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(words()) | {"a", "yes", "was", "good", "?", ","}))}
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    ids = {t: vocab[t] for t in (cls_token, sep_token)}
+    if double_sep:
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep_token}", pair=f"{cls_token} $A {sep_token} {sep_token} $B {sep_token}",
+            special_tokens=list(ids.items()))
+    else:
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep_token}", pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+            special_tokens=list(ids.items()))
+    names = ["input_ids", "attention_mask"] + ([] if double_sep else ["token_type_ids"])   # as BERT's tokenizer gives
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=pad, unk_token="[UNK]", cls_token=cls_token,
+                                   sep_token=sep_token, mask_token="[MASK]", model_input_names=names)
+
+
+def tiny_classifier(kind: str):
+    """A random sequence classifier of each architecture family, and its tokenizer."""
+    import transformers as tf
+
+    from entrgi_core.tinyworld.tokenizers import build_rm_tokenizer
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1)
+    if kind == "bert":
+        tok = pair_tokenizer("[CLS]", "[SEP]")
+        return tf.BertForSequenceClassification(tf.BertConfig(vocab_size=len(tok), **small)), tok
+    if kind == "roberta":
+        tok = pair_tokenizer("<s>", "</s>", double_sep=True, pad="<pad>")
+        cfg = tf.RobertaConfig(vocab_size=len(tok), pad_token_id=0, max_position_embeddings=130, type_vocab_size=1,
+                               **small)
+        return tf.RobertaForSequenceClassification(cfg), tok
+    if kind == "deberta-v2":
+        tok = pair_tokenizer("[CLS]", "[SEP]")
+        cfg = tf.DebertaV2Config(vocab_size=len(tok), relative_attention=True, position_biased_input=False,
+                                 pos_att_type=["p2c", "c2p"], max_relative_positions=64, type_vocab_size=2, **small)
+        return tf.DebertaV2ForSequenceClassification(cfg), tok
+    tok = build_rm_tokenizer()                                          # decoders: a chat template
+    decoder = dict(vocab_size=len(tok), num_key_value_heads=1, head_dim=16, pad_token_id=tok.pad_token_id, **small)
+    if kind == "qwen3":
+        return tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**decoder)), tok
+    return tf.LlamaForSequenceClassification(tf.LlamaConfig(**decoder)), tok
+
+
+def own_forward(model, tok, prompt: str, response: str) -> float:
+    """What the model itself says of (prompt, response), through its tokenizer."""
+    if tok.chat_template:
+        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        inputs = tok.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
+    else:
+        inputs = tok(prompt, response, return_tensors="pt")
+    with torch.no_grad():
+        return float(model(**{k: v for k, v in inputs.items() if k != "token_type_ids" or tok.chat_template is None})
+                     .logits[0, 0])
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "deberta-v2", "qwen3", "llama"])
+def test_every_classifier_is_scored_by_its_own_head_and_pooling(kind):
+    model, tok = tiny_classifier(kind)
+    reward = HFRewardModel.from_model(model, tok)                      # the load-time agreement check passes
+    prompts = ["write a review of the hotel", "write a review of the zoo", "was it good ?"]
+    responses = ["the hotel was great", "the staff was unfriendly but the food was good , yes", "yes"]
+    own = torch.tensor([own_forward(model, tok, p, r) for p, r in zip(prompts, responses)])
+    assert own.std() > 0                                              # the rows really differ
+    torch.testing.assert_close(reward.score_text(prompts, responses), own, atol=1e-5, rtol=1e-5)
+    ids = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
+    width = max(len(i) for i in ids)
+    keep = torch.tensor([[j < len(i) for j in range(width)] for i in ids])
+    padded = torch.tensor([i + [0] * (width - len(i)) for i in ids])
+    with torch.no_grad():                                             # one-hot inputs: the embeddings of the ids
+        by_embeds = reward.score_embeds(reward.prepare(prompts), reward.embedding_table[padded], keep)
+    torch.testing.assert_close(by_embeds, own, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(reward.score_text(prompts[:1], [""])).all()  # nothing between the pair's parts
+
+
+def test_a_model_whose_own_forward_disagrees_is_refused():
+    from transformers import BertForSequenceClassification
+
+    class ReadsItsIds(BertForSequenceClassification):
+        """Scores token ids differently from their embeddings (an architecture entrgi cannot follow)."""
+
+        def forward(self, input_ids=None, **kwargs):
+            out = super().forward(input_ids=input_ids, **kwargs)
+            if input_ids is not None:
+                out.logits = out.logits + 1.0
+            return out
+
+    model, tok = tiny_classifier("bert")
+    odd = ReadsItsIds(model.config)
+    with pytest.raises(InputError, match="by its own forward but .* through entrgi's path"):
+        HFRewardModel.from_model(odd, tok)
