@@ -116,7 +116,7 @@ class PromptDataModule(L.LightningDataModule):
         if prompts is not None:
             records, where = [{field: p} for p in prompts], "the inline prompt list"
         elif path is not None:
-            records, where = _read_file(Path(path)), str(path)
+            records, where = _read_file(Path(path).expanduser()), str(path)
         else:
             records, where = _read_hf(dataset, split, subset), f"dataset {dataset} ({split})"
         items = _validate(records, field, id_field, where)

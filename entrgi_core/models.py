@@ -112,7 +112,7 @@ class DiffusionModel(nn.Module):
         self.tokenizer.save_pretrained(path)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()     # as the tokenizer's own settings say
 
     def response_text(self, ids: list[int]) -> str:
         """The text of a response's token ids, up to its first stop token."""

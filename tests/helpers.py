@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,96 @@ def save_tiny_rm(path: Path, seed: int = 0, hidden: int = 32, positions: int = 2
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# ----------------------------------------------------------------------------- a test-size real world
+
+TINY_WORLD_BUDGET = dict(dlm_minutes=5.0, dlm_steps=3, batch=4, length=32, rm_epochs=2, prompts=4, train_prompts=4,
+                         card_prompts=3, card_length=8)
+
+
+def tiny_minilm(folder):
+    """A random BERT with a WordPiece vocabulary of the tiny world's words, in the package's layout."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from entrgi_core.tinyworld.grammar import words
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    folder.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a"] + sorted(set(words()) - {".", ",", "a"})
+    tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = BertTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
+
+
+def rated_sentences(folder, n: int = 80):
+    """VADER's ratings file format: reviews of the tiny world's grammar, rated by its oracle."""
+    import random
+
+    from entrgi_core.tinyworld.grammar import SUBJECTS, sample_review, sentiment
+
+    folder.mkdir(parents=True)
+    rnd = random.Random(0)
+    lines = []
+    for i in range(n):
+        text = sample_review(SUBJECTS[i % len(SUBJECTS)], rnd)
+        lines.append(f"{i + 1}\t{4 * sentiment(text):.3f}\t{text}")
+    inner = folder / "movieReviewSnippets_GroundTruth.txt"
+    inner.write_text("\n".join(lines) + "\n")
+    with tarfile.open(folder / "hutto_ICWSM_2014.tar.gz", "w:gz") as t:
+        t.add(inner, arcname="hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+    inner.unlink()
+
+
+def tiny_charlm(folder, embed: int = 4, hidden: int = 8):
+    """A random character LM in textgenrnn's file layout (Keras's plain LSTM)."""
+    import h5py
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz .,'!?"))
+    vocab = {c: i + 1 for i, c in enumerate(chars)}
+    vocab["<s>"] = len(vocab) + 1
+    (folder / "textgenrnn_vocab.json").write_text(json.dumps(vocab))
+    rng = np.random.default_rng(0)
+    classes, width = len(vocab) + 1, embed + 2 * hidden
+    with h5py.File(folder / "textgenrnn_weights.hdf5", "w") as f:
+        def put(layer, name, shape):
+            f.create_dataset(f"{layer}/{layer}/{name}:0", data=rng.normal(0, 0.3, shape).astype("float32"))
+        put("embedding", "embeddings", (classes, embed))
+        for i, inputs in ((1, embed), (2, hidden)):
+            put(f"rnn_{i}", "kernel", (inputs, 4 * hidden))
+            put(f"rnn_{i}", "recurrent_kernel", (hidden, 4 * hidden))
+            put(f"rnn_{i}", "bias", (4 * hidden,))
+        f.create_group("rnn_concat")                                    # a layer without weights, as Keras saves it
+        put("attention", "attention_W", (width, 1))
+        put("output", "kernel", (width, classes))
+        put("output", "bias", (classes,))
+
+
+
+
+def save_tiny_world_parts(root: Path) -> Path:
+    """Stand-ins of the real world's parts in their formats: a tiny BERT, rated sentences, a tiny char LM."""
+    tiny_minilm(root / "minilm")
+    rated_sentences(root / "ratings")
+    tiny_charlm(root / "charlm")
+    return root
+
+
+def build_tiny_world(home: Path) -> Path:
+    """A real world built from the stand-in parts at a test's budget, in ``home`` (an ENTRGI_HOME)."""
+    from entrgi_core import realworld
+    from entrgi_core.realworld import build
+
+    parts = save_tiny_world_parts(home / "tiny-parts")
+    return build.build(build.Budget(**TINY_WORLD_BUDGET), root=home / f"realworld-{realworld.VERSION}", parts=parts)

@@ -33,7 +33,9 @@ def test_readme_starts_with_the_two_commands_and_is_short():
 def test_every_command_is_of_a_kind_this_module_runs():
     kinds = {line.split()[0] for _, line in COMMANDS}
     assert kinds <= {"make", ".venv/bin/entrgi"}, kinds
-    assert {line.split("#")[0].strip() for _, line in COMMANDS if line.startswith("make")} <= {"make demo", "make test"}
+    # make real-world is its own target (its pipeline runs end to end at a test's budget in tests/test_realworld.py)
+    assert {line.split("#")[0].strip() for _, line in COMMANDS if line.startswith("make")} <= {"make demo", "make test",
+                                                                                              "make real-world"}
 
 
 def test_links_between_the_pages_resolve():
@@ -56,6 +58,11 @@ def test_python_blocks_run(block, size, tmp_path, monkeypatch):
 
     if size == "test":
         at_test_size(monkeypatch)
+    if "realworld" in block:                            # the real world's blocks: against a test-size world
+        from tests.helpers import build_tiny_world
+
+        build_tiny_world(tmp_path / "home")
+        monkeypatch.setenv("ENTRGI_HOME", str(tmp_path / "home"))
 
     def tiny_dream(path, **kwargs):
         assert path.count("/") == 1, path                                   # a hub name, as written

@@ -55,7 +55,7 @@ def test_every_module_imports():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("package", ["guidance", "rewards", "entrgi_core", "entrgi_core.cli", "entrgi_core.tools.demo",
-                                     "entrgi_core.training.finetune"])
+                                     "entrgi_core.training", "entrgi_core.schedules", "entrgi_core.realworld"])
 def test_each_public_package_imports_first_in_a_fresh_interpreter(package):
     proc = subprocess.run([sys.executable, "-c", f"import {package}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -58,10 +58,35 @@ def charlm_path() -> Path:
     return _built("parts/charlm")
 
 
-PROMPTS = world_dir() / "prompts.jsonl"              # held-out prompts: {"id", "prompt", "continuation"} per line
-TRAIN_PROMPTS = world_dir() / "train_prompts.jsonl"  # prompts from the training split (entrgi fit)
+FILES = {"PROMPTS": "data/prompts.jsonl",               # held-out prompts: {"id", "prompt", "continuation", ...}
+         "TRAIN_PROMPTS": "data/train_prompts.jsonl"}    # prompts from the training split (entrgi fit)
 
+
+def __getattr__(name: str) -> Path:
+    """``PROMPTS`` and ``TRAIN_PROMPTS``, in the world where ``ENTRGI_HOME`` points now."""
+    if name in FILES:
+        return world_dir() / FILES[name]
+    raise AttributeError(f"module 'entrgi_core.realworld' has no attribute {name!r}")
+
+from entrgi_core.models import MaskedLM  # noqa: E402
 from entrgi_core.realworld.judges import FluencyJudge, GrammarJudge, VaderJudge  # noqa: E402
+from rewards.hf import HFRewardModel  # noqa: E402
+
+
+class WorldLM(MaskedLM):
+    """The real world's dLLM, wherever the world is cached (for configs: ``class_path:
+    entrgi_core.realworld.WorldLM``)."""
+
+    def __init__(self, dtype: str = "float32"):
+        super().__init__(str(dlm_path()), dtype=dtype)
+
+
+class WorldRM(HFRewardModel):
+    """The real world's reward model, wherever the world is cached (``entrgi_core.realworld.WorldRM``)."""
+
+    def __init__(self, dtype: str = "float32"):
+        super().__init__(str(rm_path()), dtype=dtype)
+
 
 __all__ = ["VERSION", "home", "world_dir", "dlm_path", "rm_path", "charlm_path", "PROMPTS", "TRAIN_PROMPTS",
-           "VaderJudge", "GrammarJudge", "FluencyJudge"]
+           "VaderJudge", "GrammarJudge", "FluencyJudge", "WorldLM", "WorldRM"]

@@ -207,6 +207,7 @@ def make_dlm(tmp: Path, root: Path, budget: Budget) -> dict:
     minilm = root / "parts" / "minilm"
     tok = AutoTokenizer.from_pretrained(minilm)
     tok.chat_template = DLM_TEMPLATE
+    tok.clean_up_tokenization_spaces = True                                  # decode "it's", not "it ' s"
     model = BertForMaskedLM.from_pretrained(minilm)                         # encoder from MiniLM, a new MLM head
     package = BertModel.from_pretrained(minilm, add_pooling_layer=False).state_dict()
     model.bert.load_state_dict(package)

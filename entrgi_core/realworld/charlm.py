@@ -46,7 +46,7 @@ class CharLM(nn.Module):
                 key = next(k for k in group.keys() if k.startswith(name))
                 return torch.from_numpy(group[key][()]).float()
 
-            layers = sum(1 for k in f.keys() if k.startswith("rnn_"))
+            layers = sum(1 for k in f.keys() if k.startswith("rnn_") and k[4:].isdigit())   # not rnn_concat
             embed, hidden = w("embedding", "embeddings").shape[1], w("rnn_1", "recurrent_kernel").shape[0]
             model = cls(json.loads(Path(vocab).read_text(encoding="utf-8")), embed, hidden, layers)
 

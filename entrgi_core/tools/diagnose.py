@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -120,8 +122,11 @@ def diagnose(model, reward, prompts: list[str], config: DenoiseConfig, *, positi
     tau = config.temperature if config.temperature > 0 else 1.0
     generate(model, prompts, reward=reward, guidance=recorder, config=cfg)
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for step, phi, tokens in recorder.states:
+    out, started, total = [], time.perf_counter(), len(recorder.states) * len(prompts)
+    for n, (step, phi, tokens) in enumerate(recorder.states):
+        progress(f"step {step.index}: probing {min(positions, len(step.rows))} position(s) of each of "
+                 f"{tokens.shape[0]} prompt(s) ({n * len(prompts)}/{total} done, "
+                 f"{time.perf_counter() - started:.0f} s)")
         for r in range(tokens.shape[0]):
             mine = (step.rows == r).nonzero().squeeze(1)
             if mine.numel() == 0:
@@ -137,6 +142,11 @@ def diagnose(model, reward, prompts: list[str], config: DenoiseConfig, *, positi
                             draws=draws, gen=gen)
                 out.append({"step": step.index, **res})
     return out
+
+
+def progress(message: str) -> None:
+    """One line per probed step on stderr: a run takes minutes with a real reward model."""
+    print(f"[diagnose] {message}", file=sys.stderr, flush=True)
 
 
 def summarize_bins(points: list[dict]) -> list[dict]:
