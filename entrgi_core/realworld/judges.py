@@ -31,11 +31,26 @@ def _need(package: str, module: str):
 
 
 class _Judge(TextReward):
-    """A text judge; ``empty`` is the score of an empty response."""
+    """A text judge: ``load`` builds its tool once (on first use), ``score`` reads non-empty texts;
+    ``empty`` is the score of an empty response (default: the judge's ``worst``)."""
 
-    def __init__(self, name: str, empty: float):
-        super().__init__(self._score_all, batch_size=256, name=name)
-        self.empty = float(empty)
+    title = "judge"      # the default name
+    worst = -1.0         # the default score of an empty response
+
+    def __init__(self, name: str | None = None, empty: float | None = None):
+        super().__init__(self._score_all, batch_size=256, name=name or self.title)
+        self.empty = float(self.worst if empty is None else empty)
+
+    @cached_property
+    def tool(self):
+        return self.load()
+
+    def load(self):
+        raise NotImplementedError
+
+    def score(self, texts: list[str]) -> list[float]:
+        """One score per non-empty text."""
+        raise NotImplementedError
 
     def _score_all(self, prompts: list[str], responses: list[str]) -> list[float]:
         bad = [i for i, r in enumerate(responses) if not isinstance(r, str)]
@@ -45,10 +60,6 @@ class _Judge(TextReward):
         scores = dict(zip(texts, self.score(list(texts.values())))) if texts else {}
         return [scores.get(i, self.empty) for i in range(len(responses))]
 
-    def score(self, texts: list[str]) -> list[float]:
-        """One score per non-empty text."""
-        raise NotImplementedError
-
     def identity(self) -> dict:
         return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name, "empty": self.empty}
 
@@ -56,40 +67,39 @@ class _Judge(TextReward):
 class VaderJudge(_Judge):
     """VADER's compound sentiment in [-1, 1]."""
 
-    def __init__(self, name: str = "vader", empty: float = -1.0):
-        super().__init__(name, empty)
+    title = "vader"
 
-    @cached_property
-    def analyzer(self):
+    def load(self):
         return _need("vadersentiment==3.3.2", "vaderSentiment.vaderSentiment").SentimentIntensityAnalyzer()
 
     def score(self, texts: list[str]) -> list[float]:
-        return [float(self.analyzer.polarity_scores(t)["compound"]) for t in texts]
+        return [float(self.tool.polarity_scores(t)["compound"]) for t in texts]
 
 
 class GrammarJudge(_Judge):
     """Minus harper's lints per word (0 is clean)."""
 
-    def __init__(self, name: str = "grammar", empty: float = -1.0):
-        super().__init__(name, empty)
+    title = "grammar"
 
-    @cached_property
-    def linter(self):
+    def load(self):
         return _need("harper-py==0.2.0", "harper").Linter()
 
     def score(self, texts: list[str]) -> list[float]:
-        return [-len(self.linter.lint(t)) / max(1, len(t.split())) for t in texts]
+        lints = [len(self.tool.lint(t)) for t in texts]
+        return [-n / max(1, len(t.split())) for n, t in zip(lints, texts)]
 
 
 class FluencyJudge(_Judge):
-    """Mean log-probability per character under textgenrnn's pretrained character LM."""
+    """Mean log-probability per character under textgenrnn's pretrained character LM; ``weights``
+    is the folder with its files (default: the built world's)."""
 
-    def __init__(self, name: str = "fluency", empty: float = -10.0, weights: str | None = None):
+    title, worst = "fluency", -10.0
+
+    def __init__(self, name: str | None = None, empty: float | None = None, weights: str | None = None):
         super().__init__(name, empty)
-        self.weights = weights       # the folder with textgenrnn's files (default: the built world's)
+        self.weights = weights
 
-    @cached_property
-    def model(self):
+    def load(self):
         from pathlib import Path
 
         from entrgi_core.realworld import charlm_path
@@ -100,4 +110,4 @@ class FluencyJudge(_Judge):
         return CharLM.load(folder / "textgenrnn_weights.hdf5", folder / "textgenrnn_vocab.json")
 
     def score(self, texts: list[str]) -> list[float]:
-        return self.model.log_prob(texts)
+        return self.tool.log_prob(texts)
