@@ -114,31 +114,39 @@ class AlignedVocab:
 class PackedResponse:
     """The response canvas of one denoising step laid out in reward-model positions."""
 
-    base: Tensor         # (R, L', D) committed tokens' RM embeddings; relaxed slots are zero
+    base: Tensor         # (R, L' + 1, D) committed tokens' RM embeddings; relaxed slots are zero; the last
+                         # column is a spare where what no reading reaches is put
     offsets: Tensor      # (R, L + 1) first RM position of each canvas position; last = row length
     slots: Tensor        # (N,) RM position of each masked canvas position
 
 
-def pack_response(vocab: AlignedVocab, tokens: Tensor, rows: Tensor, cols: Tensor) -> PackedResponse:
+def pack_response(vocab: AlignedVocab, tokens: Tensor, rows: Tensor, cols: Tensor,
+                  stop_ids: Tensor | None = None) -> PackedResponse:
     """Lay the canvas ``tokens`` (R, L), whose masked positions are ``(rows, cols)`` (N,), out in RM
-    positions: committed tokens as their pieces, masked positions one slot each. One host sync
+    positions: committed tokens as their pieces, masked positions one slot each. With ``stop_ids``,
+    nothing from a row's first committed stop token on is laid out (no reading can reach past it),
+    so a batch whose responses have all ended runs the reward model over them only. One host sync
     (the packed length)."""
     r, length = tokens.shape
     committed = vocab.counts[tokens].index_put((rows, cols), torch.zeros_like(rows))  # (R, L) pieces
     count = committed.index_put((rows, cols), torch.ones_like(rows))      # and a relaxed slot each
     ends = count.cumsum(1)                                                # (R, L)
     offsets = torch.cat([torch.zeros_like(ends[:, :1]), ends], dim=1)     # (R, L + 1)
-    width = max(1, int(ends[:, -1].max())) if length else 1               # the one sync
+    last = offsets[:, -1]                                                 # (R,) each row's packed length
+    if stop_ids is not None and length:                                   # ... up to its first committed stop
+        stop = torch.isin(tokens, stop_ids).index_put((rows, cols), torch.zeros_like(rows, dtype=torch.bool))
+        first = torch.where(stop.any(1), stop.int().argmax(1), torch.full_like(last, length))
+        last = offsets.gather(1, first[:, None])[:, 0]
+    width = max(1, int(last.max())) if length else 1                      # the one sync
     k = torch.arange(vocab.max_pieces, device=tokens.device)
     slot = offsets[:, :-1, None] + k                                      # (R, L, P)
-    slot = torch.where(k < committed[..., None], slot, width)             # unused pieces -> a spare slot
+    slot = torch.where((k < committed[..., None]) & (slot < width), slot, width)   # unused -> a spare slot
     ids = vocab.pieces[tokens]                                            # (R, L, P)
     dim = vocab.rm_table.shape[1]
     base = vocab.rm_table.new_zeros(r, width + 1, dim)
     row = torch.arange(r, device=tokens.device)[:, None, None].expand_as(slot)
-    base = base.index_put((row, slot), vocab.rm_table[ids])[:, :width]    # (R, L', D)
-    return PackedResponse(base.detach(), offsets, offsets[rows, cols])
-
+    base = base.index_put((row, slot), vocab.rm_table[ids])               # (R, L' + 1, D): the spare last
+    return PackedResponse(base.detach(), offsets.clamp(max=width), offsets[rows, cols].clamp(max=width))
 
 
 class Relaxation(NamedTuple):
@@ -168,18 +176,18 @@ class ResponseCanvas:
     cols: Tensor
     _packs: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def packed(self, vocab: AlignedVocab) -> PackedResponse:
+    def packed(self, vocab: AlignedVocab, stop_ids: Tensor | None = None) -> PackedResponse:
         key = id(vocab)
         if key not in self._packs:
-            self._packs[key] = pack_response(vocab, self.tokens, self.rows, self.cols)
+            self._packs[key] = pack_response(vocab, self.tokens, self.rows, self.cols, stop_ids)
         return self._packs[key]
 
     def inputs(self, vocab: AlignedVocab, relaxed: Tensor, phi: Tensor, stop_ids: Tensor) -> tuple[Tensor, Tensor]:
         """A reward model's inputs (R, L', D) with the masked positions' ``relaxed`` embeddings (N, D),
         and the (R, L') prefix mask of the response: up to its first stop token, reading masked
         positions as ``argmax(phi)``."""
-        pk = self.packed(vocab)
-        embeds = pk.base.to(relaxed.dtype).index_put((self.rows, pk.slots), relaxed)
+        pk = self.packed(vocab, stop_ids)
+        embeds = pk.base.to(relaxed.dtype).index_put((self.rows, pk.slots), relaxed)[:, :-1]   # (R, L', D)
         cand = self.tokens.index_put((self.rows, self.cols), phi.detach().argmax(-1))
         stop = torch.isin(cand, stop_ids)                                          # (R, L)
         length = cand.shape[1]

@@ -140,7 +140,13 @@ class RewardAdapter(nn.Module):
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """The parameters a forward multiplies by, for the compute account (2 x this x tokens): all of
+        them but the embedding tables it only looks up (input, position, token type), unless a
+        table is also an output layer's weight."""
+        multiplied = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        looked_up = {id(m.weight): m.weight.numel() for m in self.modules()
+                     if isinstance(m, nn.Embedding) and id(m.weight) not in multiplied}
+        return sum(p.numel() for p in self.parameters()) - sum(looked_up.values())
 
     def prepare(self, prompts: list[str]) -> RewardContext:
         raise NotImplementedError

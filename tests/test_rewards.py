@@ -499,3 +499,38 @@ def test_a_model_whose_own_forward_disagrees_is_refused():
     odd = ReadsItsIds(model.config)
     with pytest.raises(InputError, match="by its own forward but .* through entrgi's path"):
         HFRewardModel.from_model(odd, tok)
+
+
+def test_the_compute_account_counts_what_a_forward_multiplies():
+    model, tok = tiny_classifier("bert")
+    reward = HFRewardModel.from_model(model, tok)
+    looked_up = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    total = sum(p.numel() for p in model.parameters())
+    assert reward.num_parameters == total - looked_up > 0            # input, position and type tables are lookups
+
+
+def test_nothing_after_a_committed_stop_is_run_and_the_reading_is_the_same(world):
+    from entrgi_core.reward_side import ResponseCanvas, pack_response
+
+    dlm, rm = world
+    words = dlm.tokenizer("the hotel was great", add_special_tokens=False)["input_ids"]
+    length = 12
+    tokens = torch.full((2, length), dlm.mask_id)
+    tokens[0, :4] = torch.tensor(words)
+    tokens[0, 4] = dlm.eos_id                                         # row 0 has ended at column 4
+    tokens[1, :2] = torch.tensor(words[:2])
+    tokens[1, 2] = dlm.eos_id                                         # row 1 at column 2
+    rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
+    step = make_step(dlm, rm, tokens, rows, cols, prompts=PROMPTS[:2])
+    (part,) = step.side.parts
+    phi = torch.randn(rows.numel(), dlm.vocab_size, generator=torch.Generator().manual_seed(0))
+    relaxed = torch.randn(rows.numel(), rm.embedding_table.shape[1])
+    embeds, keep = step.canvas.inputs(part.vocab, relaxed, phi, step.stop_ids)
+    assert embeds.shape[1] == 4                                       # the longest ended row, not 12 positions
+    full = ResponseCanvas(tokens, rows, cols)
+    full._packs[id(part.vocab)] = pack_response(part.vocab, tokens, rows, cols)   # the whole canvas, as before
+    embeds_all, keep_all = full.inputs(part.vocab, relaxed, phi, step.stop_ids)
+    assert embeds_all.shape[1] == 11 and torch.equal(keep.sum(1), keep_all.sum(1))   # 4 words + 7 slots
+    with torch.no_grad():
+        torch.testing.assert_close(rm.score_embeds(part.context, embeds, keep),
+                                   rm.score_embeds(part.context, embeds_all, keep_all))
