@@ -27,7 +27,7 @@ def _filtered_probs(logits: Tensor, temperature: float, top_p: float, top_k: int
     probs = torch.softmax(z, dim=-1)
     if top_p >= 1.0 and top_k is None:
         return probs, None
-    sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    sorted_p, order = _sorted_descending(probs, top_p, top_k)
     keep = torch.ones_like(sorted_p, dtype=torch.bool)
     if top_p < 1.0:
         keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p     # always keeps the first token
@@ -35,6 +35,39 @@ def _filtered_probs(logits: Tensor, temperature: float, top_p: float, top_k: int
         keep[:, top_k:] = False
     sorted_p = sorted_p * keep
     return sorted_p / sorted_p.sum(-1, keepdim=True), order
+
+
+CANDIDATES = 1024   # the filters are first tried on each row's largest probabilities only
+
+
+def _sorted_descending(probs: Tensor, top_p: float, top_k: int | None) -> tuple[Tensor, Tensor]:
+    """``torch.sort(probs, descending=True, stable=True)`` (n, V) in every column the top-p / top-k
+    filters can keep, without sorting all of V: the ``CANDIDATES`` largest probabilities of each
+    row, ordered as the stable sort orders them (value down, then index up), suffice for a row
+    whose filtered set closes inside them at a value strictly above the smallest candidate; the
+    other columns then hold 0 (which no filter keeps, so the renormalised distribution, its
+    cumulative sums and every draw are bit for bit the full sort's). Other rows are fully sorted."""
+    n, v = probs.shape
+    if v <= 2 * CANDIDATES:
+        return torch.sort(probs, dim=-1, descending=True, stable=True)
+    vals, idx = torch.topk(probs, CANDIDATES, dim=-1, sorted=False)
+    idx, by_index = idx.sort(dim=-1)                                      # index up ...
+    vals, by_value = vals.gather(1, by_index).sort(dim=-1, descending=True, stable=True)   # ... then value down
+    idx = idx.gather(1, by_value)
+    kept = torch.ones_like(vals, dtype=torch.bool)
+    if top_p < 1.0:
+        kept &= (vals.cumsum(-1) - vals) < top_p
+    if top_k is not None:
+        kept[:, top_k:] = False
+    last = kept.sum(1)                                                    # (n,) kept candidates, >= 1
+    inside = (last < CANDIDATES) & (vals.gather(1, (last - 1)[:, None])[:, 0] > vals[:, -1])
+    sorted_p = torch.zeros_like(probs)
+    order = torch.zeros(n, v, dtype=torch.long, device=probs.device)
+    sorted_p[:, :CANDIDATES], order[:, :CANDIDATES] = vals, idx
+    outside = (~inside).nonzero().squeeze(1)                              # host sync: rows to sort fully
+    if outside.numel():
+        sorted_p[outside], order[outside] = torch.sort(probs[outside], dim=-1, descending=True, stable=True)
+    return sorted_p, order
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:

@@ -178,3 +178,27 @@ def test_prompts_over_the_position_limit_are_refused_before_model_compute(rm):
 def test_a_non_string_prompt_is_named_as_such(rm):
     with pytest.raises(ValueError, match=r"prompt 1 is not a string \(int: 42\)"):
         generate(exploding_model(), ["ok", 42], reward=rm, config=DenoiseConfig(steps=2, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.95, None), (0.9, 50), (1.0, 7), (0.5, None), (0.999, None)])
+def test_top_p_on_the_largest_probabilities_draws_what_a_full_sort_draws(top_p, top_k, monkeypatch):
+    """At a real vocabulary the filters look at each row's largest probabilities first; every draw,
+    confidence, entropy and log-probability is bit for bit the full sort's, ties and broad rows
+    (which fall back to the full sort) included."""
+    import entrgi_core.draws as draws
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 5000, generator=gen) * torch.tensor([0.3, 1.0, 3.0, 8.0]).repeat(16)[:, None]
+    logits[:4] = 0.0                                                  # ties everywhere
+    logits[4:8, :3000] = 2.0                                          # a plateau wider than the candidates
+    u = torch.rand(64, generator=gen)
+    opts = dict(temperature=0.7, top_p=top_p, top_k=top_k)
+
+    def everything():
+        tokens, conf = draws.sample_tokens(logits, u, **opts, confidence="maskgit_plus")
+        return tokens, conf, draws.neg_entropy(logits, **opts), draws.token_log_probs(logits, tokens, **opts)
+
+    partial = everything()
+    monkeypatch.setattr(draws, "CANDIDATES", 10**9)                   # the full sort everywhere
+    full = everything()
+    assert all(torch.equal(a, b) for a, b in zip(partial, full))
