@@ -269,3 +269,16 @@ def test_a_reading_without_gradient_counts_no_backward(dlm, rm):
     assert work.forwards.tolist() == [2, 2] and work.backwards.tolist() == [0, 0]    # no backward ran yet
     reading.rewards.sum().backward()
     assert work.backwards.tolist() == [1, 1] and torch.equal(work.backward_tokens, reading.tokens[0])
+
+
+def test_the_soft_gate_reads_no_hard_sample_and_is_the_same_without_one(dlm, rm, monkeypatch):
+    tokens = torch.full((2, 4), dlm.mask_id)
+    rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
+    step = make_step(dlm, rm, tokens, rows, cols)
+    phi = torch.randn(rows.numel(), dlm.vocab_size, generator=torch.Generator().manual_seed(0))
+    soft = Expectation(steps=1).relaxation(step)
+    drawn = torch.randint(0, dlm.vocab_size, (rows.numel(),), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        given = step.read(phi, soft, hard=drawn).rewards
+        monkeypatch.setattr(type(step), "hard_tokens", lambda *a, **k: pytest.fail("drew a hard sample"))
+        assert torch.equal(step.read(phi, soft).rewards, given)         # w = 0: the hard sample is never read
