@@ -93,10 +93,10 @@ class GuidanceStep:
         ``inner``'s hard samples (or ``hard`` (N,)); every term of a composite reward is read, and
         every pass is counted, a backward when it runs."""
         rel = relaxation if relaxation is not None else default_relaxation(self)
-        if hard is None and isinstance(rel.gate, str) and rel.gate == "soft":   # w = 0: never read, not drawn
-            hard = torch.zeros(phi.shape[0], dtype=torch.long, device=phi.device)
-        elif hard is None:
+        if hard is None and rel.reads_hard:
             hard = self.hard_tokens(phi, inner, temperature=rel.temperature, top_p=rel.top_p)
+        elif hard is None:                                                # never read: not drawn
+            hard = torch.zeros(phi.shape[0], dtype=torch.long, device=phi.device)
         return self.side.read(self.canvas, phi, hard, rel)
 
     def read_text(self, tokens: Tensor, scorer=None) -> Tensor:

@@ -157,6 +157,11 @@ class Relaxation(NamedTuple):
     top_p: float                  # nucleus of the hard samples
     entropy_temperature: float    # tau_H of the entropy gate
 
+    @property
+    def reads_hard(self) -> bool:
+        """Whether the hard samples enter the input (the soft gate's w = 0 never reads them)."""
+        return not (isinstance(self.gate, str) and self.gate == "soft")
+
 
 class Reading(NamedTuple):
     """One reading of the reward over R rows."""

@@ -134,8 +134,7 @@ def step(plan: Plan, rows: Rows, index: int, *, diagnose: bool = False) -> bool:
     phi = _guide(plan, rows, gstep, phi0, idx, masked)
     x0, conf = _draw_block(cfg, rows, r, c, phi, phi0, index, eligible, model.mask_id)
     commit = rows.schedule.commit(CommitView(
-        config=cfg, stat=conf, sampled=x0, rows=r, cols=c, eligible=eligible, last=last,
-        at_block_start=rows.blocks.at_block_start, local=index % rows.blocks.steps, block_steps=rows.blocks.steps,
+        config=cfg, stat=conf, sampled=x0, rows=r, cols=c, eligible=eligible, last=last, blocks=rows.blocks,
         index=index, keys=rows.keys, stop_ids=rows.stops))
     resp = rows.response
     proposal = resp.clone()

@@ -8,7 +8,7 @@ import torch
 
 from entrgi_core import DenoiseConfig, InputError, LLaDALM, MaskedLM, generate
 from entrgi_core.config import old_spelling
-from entrgi_core.schedules import SCHEDULES, CommitView, Dream, EntropyBound, Factor, LLaDA, ParallelSchedule, Threshold
+from entrgi_core.schedules import SCHEDULES, Blocks, CommitView, Dream, EntropyBound, Factor, LLaDA, ParallelSchedule, Threshold
 from guidance import SMC, EntRGi, Expectation
 from tests.helpers import PROMPTS, ROOT, exploding_model, in_process_cli, read_jsonl
 
@@ -68,7 +68,7 @@ def commit(schedule, stat, *, eligible=None, last=False, sampled=None, stop=99, 
                       sampled=torch.tensor(sampled if sampled is not None else [1] * n),
                       rows=torch.zeros(n, dtype=torch.long), cols=torch.arange(n),
                       eligible=torch.ones(1, n, dtype=torch.bool) if eligible is None else torch.tensor([eligible]),
-                      last=torch.tensor([last]), at_block_start=torch.tensor([n]), local=0, block_steps=4, index=0,
+                      last=torch.tensor([last]), blocks=Blocks(1, n, 1, 4), index=0,
                       keys=torch.zeros(1, dtype=torch.long), stop_ids=torch.tensor([stop]))
     return schedule.commit(view)[0].nonzero().squeeze(1).tolist()
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from entrgi_core import rng
 from entrgi_core.errors import InputError
+from entrgi_core.schedules.blocks import Blocks
 from entrgi_core.settings import settings
 
 EOS_PENALTY = 1e4   # a sampled EOS ranks below every other masked position, above committed ones
@@ -43,12 +44,25 @@ class CommitView:
     cols: Tensor            # (N,) column of each masked position
     eligible: Tensor        # (R, L) bool: the masked positions of each row's current block
     last: Tensor            # (R,) bool: rows at their block's last allowed step (they commit all of it)
-    at_block_start: Tensor  # (R,) masked positions of each row's current block at its first step
-    local: int              # lockstep: steps taken in the current block
-    block_steps: int        # steps per block (the most a block may take)
+    blocks: Blocks          # the rows' block state (entered for this step)
     index: int              # denoising steps taken before this one
     keys: Tensor            # (R,) per-row random keys
     stop_ids: Tensor        # (S,) ids that end a response
+
+    @property
+    def at_block_start(self) -> Tensor:
+        """(R,) masked positions of each row's current block at its first step."""
+        return self.blocks.at_block_start
+
+    @property
+    def block_steps(self) -> int:
+        """Steps per block (the most a block may take)."""
+        return self.blocks.steps
+
+    @property
+    def local(self) -> int:
+        """Steps taken in the current block, in lockstep."""
+        return self.index % self.blocks.steps
 
     @cached_property
     def order_uniforms(self) -> Tensor:

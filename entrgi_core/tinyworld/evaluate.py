@@ -72,8 +72,8 @@ def run_methods(dlm, rm, prompts: Path, out_dir: Path, config: DenoiseConfig, *,
         data = PromptDataModule(path=str(prompts), id_field="id", batch_size=batch_size)
         try:
             _predict(module, data, target, progress, overwrite=False)
-        except InputError as exc:                      # another configuration's outputs (another seed, version)
-            print(f"[demo] {exc}".split("; nothing was changed")[0] + "; replacing them.", flush=True)
+        except InputError:                             # another configuration's outputs (another seed, version)
+            print(f"[demo] {target} holds another configuration's predictions; replacing them.", flush=True)
             _predict(module, data, target, progress, overwrite=True)
         summary = json.loads((target / "summary.json").read_text())
         results.append(score(label, read_jsonl(target / "predictions.jsonl"), summary))
