@@ -20,7 +20,7 @@ def _chunks(n: int, v: int):
 def _filtered_probs(logits: Tensor, temperature: float, top_p: float, top_k: int | None):
     """Probabilities after temperature and top-p / top-k, renormalised. Returns (probs, order)
     where order is the descending sort permutation when a filter needed one, else None;
-    probs are then in sorted order."""
+    probs are then in sorted order, over V columns or only the leading ones a filter can keep."""
     z = logits.float()
     if temperature > 0:
         z = z / temperature
@@ -46,7 +46,9 @@ def _sorted_descending(probs: Tensor, top_p: float, top_k: int | None) -> tuple[
     row, ordered as the stable sort orders them (value down, then index up), suffice for a row
     whose filtered set closes inside them at a value strictly above the smallest candidate; the
     other columns then hold 0 (which no filter keeps, so the renormalised distribution, its
-    cumulative sums and every draw are bit for bit the full sort's). Other rows are fully sorted."""
+    cumulative sums and every draw are bit for bit the full sort's). Other rows are fully sorted.
+    When every row closes inside its candidates, only those columns are returned, (n, CANDIDATES):
+    the zero columns change no draw, confidence or probability, and an (n, V) index tensor is spared."""
     n, v = probs.shape
     if v <= 2 * CANDIDATES:
         return torch.sort(probs, dim=-1, descending=True, stable=True)
@@ -61,17 +63,18 @@ def _sorted_descending(probs: Tensor, top_p: float, top_k: int | None) -> tuple[
         kept[:, top_k:] = False
     last = kept.sum(1)                                                    # (n,) kept candidates, >= 1
     inside = (last < CANDIDATES) & (vals.gather(1, (last - 1)[:, None])[:, 0] > vals[:, -1])
+    outside = (~inside).nonzero().squeeze(1)                              # host sync: rows to sort fully
+    if not outside.numel():
+        return vals, idx                        # (n, CANDIDATES): every column a filter can keep
     sorted_p = torch.zeros_like(probs)
     order = torch.zeros(n, v, dtype=torch.long, device=probs.device)
     sorted_p[:, :CANDIDATES], order[:, :CANDIDATES] = vals, idx
-    outside = (~inside).nonzero().squeeze(1)                              # host sync: rows to sort fully
-    if outside.numel():
-        sorted_p[outside], order[outside] = torch.sort(probs[outside], dim=-1, descending=True, stable=True)
+    sorted_p[outside], order[outside] = torch.sort(probs[outside], dim=-1, descending=True, stable=True)
     return sorted_p, order
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    cdf = probs.cumsum(-1)                                   # (n, V)
+    cdf = probs.cumsum(-1)                                   # (n, V) or (n, CANDIDATES)
     target = u.to(cdf.dtype).clamp(max=1.0 - 2**-24).unsqueeze(1) * cdf[:, -1:]
     return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
@@ -137,7 +140,9 @@ def token_log_probs(logits: Tensor, tokens: Tensor, *, temperature: float, top_p
     out = torch.empty(n, dtype=torch.float64, device=logits.device)
     for sl in _chunks(n, v):
         probs, order = _filtered_probs(logits[sl], temperature, top_p, top_k)
-        if order is not None:                                # back to vocabulary order
-            probs = torch.zeros_like(probs).scatter_(1, order, probs)
-        out[sl] = probs.gather(1, tokens[sl, None]).squeeze(1).double().log()
+        if order is not None:                                # the token's column in sorted order (0 if dropped)
+            probs = (probs * (order == tokens[sl, None])).sum(-1, keepdim=True)
+            out[sl] = probs.squeeze(1).double().log()
+        else:
+            out[sl] = probs.gather(1, tokens[sl, None]).squeeze(1).double().log()
     return out

@@ -31,6 +31,8 @@ class NonFiniteLogitsError(FloatingPointError):
 
 
 def require_finite(logits: torch.Tensor, what: str) -> None:
-    """Raise ``NonFiniteLogitsError`` naming ``what`` unless every logit is finite (one host sync)."""
-    if not bool(torch.isfinite(logits).all()):
+    """Raise ``NonFiniteLogitsError`` naming ``what`` unless every logit is finite (one host sync).
+    A finite sum proves every term finite (NaN and +-inf propagate through a sum) in one pass over
+    ``logits``; only a sum that overflows on finite terms takes the element-wise check."""
+    if not bool(torch.isfinite(logits.sum())) and not bool(torch.isfinite(logits).all()):
         raise NonFiniteLogitsError(f"{what}: non-finite logits (NaN or +-inf)")

@@ -106,8 +106,9 @@ class GatedGuidance(Guidance):
         self.sampling(temperature, top_p)
 
     def _make_optimizer(self, params):
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr)
+        if self.optimizer == "adam":            # fused: one pass over phi (N, V) instead of a dozen (CPU, CUDA)
+            fused = all(p.device.type in ("cpu", "cuda") for p in params)
+            return torch.optim.Adam(params, lr=self.lr, fused=fused)
         return torch.optim.SGD(params, lr=self.lr)
 
     def relaxed_reading(self, phi: Tensor, step: GuidanceStep, inner: int) -> Reading:

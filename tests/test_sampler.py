@@ -180,25 +180,49 @@ def test_a_non_string_prompt_is_named_as_such(rm):
         generate(exploding_model(), ["ok", 42], reward=rm, config=DenoiseConfig(steps=2, max_new_tokens=4))
 
 
+@pytest.mark.parametrize("broad", [True, False], ids=["with-broad-rows", "all-rows-narrow"])
 @pytest.mark.parametrize("top_p,top_k", [(0.95, None), (0.9, 50), (1.0, 7), (0.5, None), (0.999, None)])
-def test_top_p_on_the_largest_probabilities_draws_what_a_full_sort_draws(top_p, top_k, monkeypatch):
+def test_top_p_on_the_largest_probabilities_draws_what_a_full_sort_draws(top_p, top_k, broad, monkeypatch):
     """At a real vocabulary the filters look at each row's largest probabilities first; every draw,
-    confidence, entropy and log-probability is bit for bit the full sort's, ties and broad rows
-    (which fall back to the full sort) included."""
+    confidence, entropy and log-probability (of drawn tokens and of tokens the filters drop) is bit
+    for bit the full sort's, ties and broad rows (which fall back to the full sort) included, and
+    when no row is broad (the draws then run over the candidate columns only)."""
     import entrgi_core.draws as draws
 
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(64, 5000, generator=gen) * torch.tensor([0.3, 1.0, 3.0, 8.0]).repeat(16)[:, None]
-    logits[:4] = 0.0                                                  # ties everywhere
-    logits[4:8, :3000] = 2.0                                          # a plateau wider than the candidates
+    logits = torch.randn(64, 5000, generator=gen) * torch.tensor([8.0, 10.0, 12.0, 20.0]).repeat(16)[:, None]
+    if broad:
+        logits *= torch.tensor([0.0375, 0.1, 0.25, 0.4]).repeat(16)[:, None]
+        logits[:4] = 0.0                                              # ties everywhere
+        logits[4:8, :3000] = 2.0                                      # a plateau wider than the candidates
     u = torch.rand(64, generator=gen)
     opts = dict(temperature=0.7, top_p=top_p, top_k=top_k)
+    unlikely = logits.argmin(-1)                                      # dropped by every filter but top_p = 1
 
     def everything():
         tokens, conf = draws.sample_tokens(logits, u, **opts, confidence="maskgit_plus")
-        return tokens, conf, draws.neg_entropy(logits, **opts), draws.token_log_probs(logits, tokens, **opts)
+        return (tokens, conf, draws.neg_entropy(logits, **opts), draws.token_log_probs(logits, tokens, **opts),
+                draws.token_log_probs(logits, unlikely, **opts))
 
+    if not broad:                                                     # no row falls back: the narrow path runs
+        probs = torch.softmax(logits / 0.7, -1)
+        assert draws._sorted_descending(probs, top_p, top_k)[0].shape[1] == draws.CANDIDATES
     partial = everything()
     monkeypatch.setattr(draws, "CANDIDATES", 10**9)                   # the full sort everywhere
     full = everything()
     assert all(torch.equal(a, b) for a, b in zip(partial, full))
+
+
+def test_the_finite_check_tells_overflowing_sums_from_non_finite_logits():
+    """The logits check sums first: large finite logits whose sum overflows pass, and a single
+    NaN, +inf or -inf among them is still found."""
+    from entrgi_core.errors import require_finite
+
+    big = torch.full((4, 1000), 3e38)
+    require_finite(big, "huge but finite")                            # the sum is inf; every term is finite
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for base in (big, torch.zeros(4, 1000)):
+            x = base.clone()
+            x[2, 7] = bad
+            with pytest.raises(NonFiniteLogitsError, match="at step 3: non-finite logits"):
+                require_finite(x, "at step 3")

@@ -86,3 +86,18 @@ def test_matched_compute_reads_each_curve_at_or_below_each_budget():
     assert lines[3].split() == ["129", "(BoN", "K=4)", "+0.500", "[K=4]", "+0.800", "[K=2]"]
     assert lines[4].split() == ["258", "(BoN", "K=8)", "+0.700", "[K=8]", "+0.800", "[K=2]"]   # K=8 costs too much
     assert matched(rows[:2]) == ""
+
+
+def test_only_keeps_an_exactly_named_curve_alone_and_prefixes_otherwise():
+    from entrgi_core.tools.compare import default_methods, keeps
+    methods = default_methods(budgets=(4,), guided_k=(4,), guided_m=(1, 3), smc_k=(4,))
+    families = {m.family for m in methods}
+
+    def kept(*words):
+        return sorted({m.family for m in methods if keeps(list(words), m.family, families)})
+
+    assert kept("EntRGi M=3") == ["EntRGi M=3"]                       # not "EntRGi M=3 every 2nd step"
+    assert kept("EntRGi") == ["EntRGi M=1", "EntRGi M=3", "EntRGi M=3 every 2nd step", "EntRGi M=3 first half"]
+    assert kept("SMC + Expectation M=1") == ["SMC + Expectation M=1"]
+    assert kept("SMC + Exp") == ["SMC + Expectation M=1", "SMC + Expectation M=1 beta=0.03"]
+    assert kept("Best-of-N", "APS") == ["APS M=1", "APS M=3", "Best-of-N"]

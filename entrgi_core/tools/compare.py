@@ -8,7 +8,7 @@
 Sweeps Best-of-N over K in ``--budgets``, each guided method over K and M (and the guided-step
 schedules), and SMC with each proposal over K particles in ``--smc-k``, over ``--seeds``, on the
 config's prompts (any config: real models included); ``--only`` keeps the curves whose name
-starts with one of its words. For
+starts with one of its words (a word naming a curve exactly keeps that curve alone). For
 every point it records per prompt the Top@1 and Avg@N reward, seconds and forward-equivalents
 (``entrgi_core.result.account``), and every judge's score of the Top@1 response (``--judges``,
 as for ``entrgi predict``; on the tiny world's prompts the oracle and validity by default).
@@ -96,6 +96,12 @@ def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3), smc_k=SMC
                           f"SMC Expectation K={k} beta={SMC_FIXED_BETA}", k,
                           lambda: SMC(Expectation(steps=1), beta=SMC_FIXED_BETA, **SMC_SETTINGS)))
     return out
+
+
+def keeps(words: list[str], family: str, families: set[str]) -> bool:
+    """``--only``: a word naming a curve exactly keeps that curve alone (``"EntRGi M=3"``, not its
+    ``every 2nd step`` variant); any other word keeps every curve whose name starts with it."""
+    return family in words or any(family.startswith(w) for w in words if w not in families)
 
 
 def decoding_config(base: DenoiseConfig, decoding: str, cache_block: int) -> DenoiseConfig:
@@ -281,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--guided-m", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--smc-k", type=int, nargs="*", default=list(SMC_K), help="SMC particle counts (none: no SMC)")
     ap.add_argument("--only", nargs="+", default=None, metavar="CURVE",
-                    help="keep the curves whose name starts with one of these (e.g. Best-of-N SMC)")
+                    help="keep the curves named exactly so, or else starting with one of these "
+                         "(e.g. Best-of-N SMC)")
     ap.add_argument("--prompts", type=int, default=None, help="use the first N prompts")
     ap.add_argument("--decodings", nargs="+", default=["steps"], choices=list(DECODINGS),
                     help="run every curve under each of these decodings")
@@ -302,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("entrgi compare: --cache-block must be >= 1")
     methods = default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)
     if args.only:
-        methods = [m for m in methods if m.family.startswith(tuple(args.only))]
+        families = {m.family for m in methods}
+        methods = [m for m in methods if keeps(args.only, m.family, families)]
         if not methods:
             families = sorted({m.family for m in default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)})
             raise InputError(f"entrgi compare: --only {' '.join(args.only)} keeps no curve; the curves are: "
