@@ -18,6 +18,8 @@ from entrgi_core import checks
 from entrgi_core.contract import Guidance, GuidanceOutput, GuidanceStep, Reading, Relaxation
 from entrgi_core.draws import neg_entropy
 from entrgi_core.errors import InputError
+from guidance.strength import Constant, StrengthSchedule
+from guidance.trust_region import base_log_probs, reverse_kl_
 
 __all__ = ["Guidance", "GuidanceOutput", "GuidanceStep", "GatedGuidance"]
 
@@ -36,6 +38,11 @@ class GatedGuidance(Guidance):
             of its masked positions is at least this (0 = always); reading it costs one host sync
             per denoising step, outside the inner steps.
         Steps a schedule leaves out are exactly unguided (``refine`` returns ``phi`` itself).
+        kl: beta of the trust region: adds ``beta * sum_i KL(softmax(phi_i / tau) || softmax(phi0_i / tau))``
+            over the masked positions to the minimised loss, phi0 the step's unguided logits
+            (``guidance/trust_region.py``); 0 (default) is the paper's guidance, bit for bit.
+        strength: a ``guidance.strength`` schedule, the factor on ``lr`` at each denoising step
+            (None: ``Constant(1.0)``, the paper's); a factor of 0 leaves that step unguided.
         temperature, top_p: None (default) uses the sampler's (``DenoiseConfig``) for the
             relaxation ``q = softmax(phi / tau)`` and the hard samples. Set them only to decouple
             guidance from sampling on purpose; with a greedy sampler (temperature 0) a temperature
@@ -47,7 +54,8 @@ class GatedGuidance(Guidance):
 
     def __init__(self, steps: int = 3, lr: float = 0.5, optimizer: str = "adam", entropy_temperature: float = 1.0,
                  start: float = 0.0, stop: float = 1.0, every: int = 1, min_entropy: float = 0.0,
-                 temperature: float | None = None, top_p: float | None = None):
+                 temperature: float | None = None, top_p: float | None = None, kl: float = 0.0,
+                 strength: StrengthSchedule | None = None):
         super().__init__()
         who = type(self).__name__
         steps = checks.integer(steps, who=who, name="steps (M)", minimum=0)
@@ -61,6 +69,13 @@ class GatedGuidance(Guidance):
             raise InputError(f"{who}: need 0 <= start <= stop <= 1, got start={start!r}, stop={stop!r}")
         every = checks.integer(every, who=who, name="every", minimum=1)
         min_entropy = checks.fraction(min_entropy, who=who, name="min_entropy")
+        kl = checks.real(kl, who=who, name="kl (beta)", rule="be a finite number >= 0", ok=lambda v: v >= 0)
+        if strength is None:
+            strength = Constant(1.0)
+        elif not isinstance(strength, StrengthSchedule):
+            raise InputError(f"{who}: strength must be a guidance.strength schedule (Constant, LinearDecay, "
+                             f"MaskedShare) or None, got {type(strength).__name__}")
+        self.kl, self.strength = float(kl), strength
         self.every, self.min_entropy = every, float(min_entropy)
         self.steps, self.lr, self.optimizer = steps, float(lr), optimizer
         self.entropy_temperature = float(entropy_temperature)
@@ -70,7 +85,7 @@ class GatedGuidance(Guidance):
 
     @property
     def needs_reward(self) -> bool:
-        return self.steps > 0 and self.lr > 0
+        return self.steps > 0 and self.lr > 0 and not self.strength.is_zero()
 
     def active(self, index: int, total: int) -> bool:
         return self.needs_reward and self.start <= index / total < self.stop and index % self.every == 0
@@ -80,7 +95,7 @@ class GatedGuidance(Guidance):
 
     @property
     def uses_total(self) -> bool:
-        return self.start > 0 or self.stop < 1
+        return self.start > 0 or self.stop < 1 or self.strength.uses_total
 
     def relaxation(self, step: GuidanceStep) -> Relaxation:
         tau, top_p = self.sampling(step.temperature, step.top_p)
@@ -124,8 +139,16 @@ class GatedGuidance(Guidance):
     def refine(self, phi: Tensor, step: GuidanceStep) -> GuidanceOutput:
         """M optimiser steps on ``-sum(rewards)`` from ``phi`` (N, V); the loop calls it only where
         ``guides`` says so."""
+        factor = self.strength(step.index / step.total, step.rows.numel() / max(step.tokens.numel(), 1))
+        if factor == 0:
+            return GuidanceOutput(phi)                                  # exactly unguided at this step
         var = phi.detach().float().clone().requires_grad_(True)
         opt = self._make_optimizer([var])
+        if factor != 1:
+            for group in opt.param_groups:
+                group["lr"] = self.lr * factor
+        tau = self.relaxation(step).temperature
+        log_p = base_log_probs(phi, tau) if self.kl > 0 else None      # (N, V) the step's unguided distribution
         weight = before = None
         with torch.enable_grad():
             for m in range(self.steps):
@@ -134,12 +157,26 @@ class GatedGuidance(Guidance):
                     weight, before = reading.weight.detach(), reading.rewards.detach()
                 opt.zero_grad(set_to_none=True)
                 (-reading.rewards.sum()).backward()
+                if log_p is not None:                              # + beta * KL(q || p): its gradient, in place
+                    if var.grad is None:
+                        var.grad = torch.zeros_like(var)
+                    reverse_kl_(var.detach(), log_p, tau, self.kl, var.grad)
                 opt.step()
         after = None
         if step.diagnose:
             with torch.no_grad():
                 after = self.relaxed_reward(var, step, self.steps)[0]
         return GuidanceOutput(var.detach(), weight=weight, reward_before=before, reward_after=after)
+
+    def settings(self) -> dict:
+        """As every strategy's, but the trust region and the strength schedule are recorded only when
+        set: a run written before they existed is the same run as one with their defaults."""
+        out = super().settings()
+        if self.kl == 0:
+            del out["kl"]
+        if self.strength == Constant(1.0):
+            del out["strength"]
+        return out
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "class")

@@ -16,7 +16,8 @@ import yaml
 import guidance
 from entrgi_core import DenoiseConfig, generate
 from entrgi_core.contract import GuidanceOutput, Sampling
-from guidance import SMC, EntRGi, Expectation, NoGuidance, StraightThrough
+from entrgi_core.errors import InputError
+from guidance import SMC, Constant, EntRGi, Expectation, LinearDecay, MaskedShare, NoGuidance, StraightThrough
 from rewards import HFRewardModel, Sum
 from tests.helpers import PROMPTS, ROOT, exploding_model, in_process_cli, make_step, save_tiny_rm, small_config
 
@@ -59,6 +60,9 @@ CONTRACT = [
     Entry("smc-entrgi", lambda: SMC(EntRGi(steps=1), beta=0.3, every=2), [lambda: SMC(EntRGi(steps=0), beta=float("inf"))],
           reads=1),
     Entry("guide-example", lambda: GUIDE(0.5), [], reads=1, packaged=False),
+    Entry("entrgi-kl-decay", lambda: EntRGi(steps=2, kl=0.1, strength=LinearDecay(1.0, 0.25)),
+          [lambda: EntRGi(steps=2, kl=0.5, strength=Constant(0.0))], reads=2),
+    Entry("expectation-masked-share", lambda: Expectation(steps=1, kl=1.0, strength=MaskedShare(2.0)), [], reads=1),
 ]
 IDS = [e.id for e in CONTRACT]
 REWARDS = ["one", "sum"]
@@ -282,3 +286,130 @@ def test_the_soft_gate_reads_no_hard_sample_and_is_the_same_without_one(dlm, rm,
         given = step.read(phi, soft, hard=drawn).rewards
         monkeypatch.setattr(type(step), "hard_tokens", lambda *a, **k: pytest.fail("drew a hard sample"))
         assert torch.equal(step.read(phi, soft).rewards, given)         # w = 0: the hard sample is never read
+
+
+# ----------------------------------------------------------------------------- trust region and strength
+
+
+def _step_and_logits(dlm, rm, seed=0):
+    tokens = torch.full((4, 6), dlm.mask_id)
+    rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
+    step = make_step(dlm, rm, tokens, rows, cols, samples=2, sampling=Sampling(0.7, 0.95, None))
+    phi = 3 * torch.randn(rows.numel(), dlm.vocab_size, generator=torch.Generator().manual_seed(seed))
+    return step, phi
+
+
+def _reference_refine(strategy, phi, step, lr, kl_term=None):
+    """The gradient loop as the paper writes it (and as this package ran it before the trust
+    region existed): M Adam steps on -sum(rewards), plus ``kl_term(var)`` when given."""
+    var = phi.detach().float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([var], lr=lr, fused=True)
+    with torch.enable_grad():
+        for m in range(strategy.steps):
+            loss = -strategy.relaxed_reading(var, step, m).rewards.sum()
+            if kl_term is not None:
+                loss = loss + kl_term(var)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return var.detach()
+
+
+@pytest.mark.parametrize("cls", [EntRGi, Expectation, StraightThrough])
+def test_no_trust_region_and_constant_strength_are_the_paper_loop_bit_for_bit(dlm, rm, cls):
+    step, phi = _step_and_logits(dlm, rm)
+    for strategy in (cls(steps=3), cls(steps=3, kl=0.0, strength=Constant(1.0))):
+        assert torch.equal(strategy.refine(phi, step).logits, _reference_refine(strategy, phi, step, lr=0.5))
+    assert cls(steps=3, kl=0.0).settings() == cls(steps=3).settings()          # old runs stay the same run
+
+
+def test_the_trust_regions_gradient_is_the_hand_derived_one():
+    """d KL(q || p) / d phi_v = q_v / tau * (log q_v - log p_v - KL), q = softmax(phi / tau), against
+    autograd in float64 and a central finite difference, with -inf logits in both distributions."""
+    from guidance.trust_region import base_log_probs, reverse_kl_
+
+    gen = torch.Generator().manual_seed(0)
+    phi = torch.randn(5, 40, generator=gen, dtype=torch.float64) * 2
+    phi0 = phi + torch.randn(5, 40, generator=gen, dtype=torch.float64)
+    phi[1, :3] = phi0[1, :3] = float("-inf")                        # tokens no distribution holds
+    phi[2, 5] = float("-inf")                                        # one only the unguided distribution holds
+    tau, beta = 0.7, 0.3
+    log_p = torch.log_softmax(phi0 / tau, -1)
+    grad = torch.zeros_like(phi)
+    kl = reverse_kl_(phi, log_p, tau, beta, grad)
+
+    x = phi.clamp(min=-1e4).requires_grad_(True)                   # exp(-1e4 / tau) is exactly 0 in float64
+    log_q = torch.log_softmax(x / tau, -1)
+    q = log_q.exp()
+    assert torch.equal(q == 0, torch.isneginf(phi))
+    want = (q * (log_q - log_p.clamp(min=-1e4))).sum(-1)             # q = 0 wherever log_p is clamped
+    (want_grad,) = torch.autograd.grad(beta * want.sum(), x)
+    torch.testing.assert_close(kl, want.detach())
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+    assert (kl >= 0).all() and float(reverse_kl_(phi0, log_p, tau, 1.0, None).abs().max()) < 1e-6   # 0 at q = p
+
+    h = 1e-6                                                         # a finite difference at one finite logit
+    for r, v in ((0, 7), (2, 9)):
+        up, down = phi.clone(), phi.clone()
+        up[r, v] += h
+        down[r, v] -= h
+        fd = beta * (reverse_kl_(up, log_p, tau, 1.0, None)[r] - reverse_kl_(down, log_p, tau, 1.0, None)[r]) / (2 * h)
+        assert abs(float(fd) - float(grad[r, v])) < 1e-5
+    assert torch.equal(base_log_probs(phi0.float(), tau), torch.log_softmax(phi0.float() / tau, -1))
+
+
+def test_the_trust_region_is_added_to_the_loss_and_holds_guidance_near_the_model(dlm, rm):
+    """refine with kl = beta is the paper loop with beta * KL(q || p) added to the loss (autograd),
+    and the larger beta, the closer the refined distribution stays to the step's unguided one."""
+    from guidance.trust_region import base_log_probs, reverse_kl_
+
+    step, phi = _step_and_logits(dlm, rm)
+    tau = 0.7
+    log_p = base_log_probs(phi, tau)
+
+    def kl_of(logits):
+        return float(reverse_kl_(logits, log_p, tau, 1.0, None).mean())
+
+    strategy = EntRGi(steps=3, kl=0.5)
+
+    def autograd_kl(var):
+        log_q = torch.log_softmax(var / tau, -1)
+        return 0.5 * (log_q.exp() * (log_q - log_p)).sum()
+
+    torch.testing.assert_close(strategy.refine(phi, step).logits,
+                               _reference_refine(strategy, phi, step, lr=0.5, kl_term=autograd_kl),
+                               rtol=1e-5, atol=1e-5)
+    kls = [kl_of(EntRGi(steps=3, kl=beta).refine(phi, step).logits) for beta in (0.0, 1.0, 10.0)]
+    assert kls[0] > kls[1] > kls[2] >= 0, kls
+
+
+def test_strength_schedules_give_their_factors_and_scale_the_step(dlm, rm):
+    assert [Constant(0.5)(t, 0.3) for t in (0.0, 0.9)] == [0.5, 0.5]
+    assert [LinearDecay(1.0, 0.0)(t, 1.0) for t in (0.0, 0.25, 0.5)] == [1.0, 0.75, 0.5]
+    assert LinearDecay(0.2, 1.0)(0.5, 1.0) == pytest.approx(0.6)
+    assert [MaskedShare(2.0)(0.5, s) for s in (1.0, 0.5, 0.0)] == [1.0, 0.25, 0.0]
+    assert LinearDecay().uses_total and not LinearDecay(0.5, 0.5).uses_total and not Constant().uses_total
+    assert EntRGi(strength=LinearDecay()).uses_total and not EntRGi(strength=MaskedShare()).uses_total
+    assert not EntRGi(strength=Constant(0.0)).needs_reward and not EntRGi(strength=LinearDecay(0, 0)).needs_reward
+
+    step, phi = _step_and_logits(dlm, rm)                            # step 0 of T: t = 0, every position masked
+    half = EntRGi(steps=2, lr=0.5, strength=Constant(0.5)).refine(phi, step).logits
+    assert torch.equal(half, EntRGi(steps=2, lr=0.25).refine(phi, step).logits)
+    assert torch.equal(EntRGi(steps=2, strength=MaskedShare()).refine(phi, step).logits,
+                       EntRGi(steps=2).refine(phi, step).logits)      # all masked: factor 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(kl=-0.1), "EntRGi: kl (beta) must be a finite number >= 0, got -0.1"),
+    (dict(kl=float("nan")), "EntRGi: kl (beta) must be a finite number >= 0, got nan"),
+    (dict(strength=0.5), "EntRGi: strength must be a guidance.strength schedule (Constant, LinearDecay, MaskedShare) "
+                         "or None, got float"),
+])
+def test_bad_trust_region_or_strength(kwargs, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        EntRGi(**kwargs)
+    for bad, text in ((lambda: Constant(-1), "Constant: value must be a finite number >= 0, got -1"),
+                      (lambda: LinearDecay(1, float("inf")), "LinearDecay: end must be a finite number >= 0, got inf"),
+                      (lambda: MaskedShare(0), "MaskedShare: power must be a finite number > 0, got 0")):
+        with pytest.raises(InputError, match=re.escape(text)):
+            bad()
