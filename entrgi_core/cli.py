@@ -162,6 +162,9 @@ class EntrgiFitCLI(EntrgiCLI):
         parser.add_argument("--export_rollouts", type=bool, default=True,
                             help="write every step's rollouts (rollouts.jsonl: prompt, completion, reward, step, ...)")
         parser.add_argument("--checkpoint_every", type=int, default=1, help="save checkpoints/last.ckpt every N steps")
+        from entrgi_core.training.collapse import CollapseGuard
+        parser.add_class_arguments(CollapseGuard, "guard", instantiate=False,
+                                   help="stop a collapsing run (entrgi_core.training.collapse)")
         parser.set_defaults({"trainer.logger": False, "trainer.enable_model_summary": False,
                              "trainer.num_sanity_val_steps": 0, "trainer.log_every_n_steps": 1})
 
@@ -181,7 +184,9 @@ class EntrgiFitCLI(EntrgiCLI):
 
         cfg = self._cfg()
         out = Path(cfg.output_dir)
-        extra = [FitOutputs(str(out), overwrite=cfg.overwrite),
+        from entrgi_core.training.collapse import CollapseGuard
+
+        extra = [FitOutputs(str(out), overwrite=cfg.overwrite), CollapseGuard(**dict(cfg.guard)),
                  ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="step{step}", save_top_k=0, save_last=True,
                                  every_n_train_steps=cfg.checkpoint_every)]
         if cfg.export_rollouts:

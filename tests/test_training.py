@@ -1,6 +1,7 @@
 """The training wing (entrgi_core.training): estimators and objectives by hand, GuidedFineTuner
 under trainer.fit, resuming, budgets, LoRA and the entrgi fit command."""
 import json
+import re
 import math
 from types import SimpleNamespace
 
@@ -388,3 +389,97 @@ def test_a_diverged_update_is_a_clear_error(tiny_dlm_path, rm, tmp_path, monkeyp
     monkeypatch.setattr(finetune, "sft_loss", lambda terms, k: terms.sequence().mean() * float("nan"))
     with pytest.raises(FloatingPointError, match="the sft loss at training step 0 is not finite"):
         _fit(_tuner(tiny_dlm_path, rm, lr=1e-3, guidance=None), tmp_path, 1)
+
+
+# ----------------------------------------------------------------------------- collapse guard
+
+
+def test_degenerate_rollouts_by_each_test():
+    from entrgi_core.training.collapse import Degeneracy
+    lines = [{"completion": "the room was clean and the staff kind", "judges": {"oracle": 0.9}},
+             {"completion": "   ", "judges": {"oracle": 0.0}},                                    # empty
+             {"completion": "great great great great great", "judges": {"oracle": 1.0}},        # repeats
+             {"completion": "ok", "judges": {"oracle": 0.8}},                                    # short
+             {"completion": "the staff was rude and the bed was bad", "judges": {"oracle": -0.9}}]   # low oracle
+    d = Degeneracy(ngram=2, repeat_share=0.5, short=0.25, judges={"oracle": -0.5})
+    assert d.repeated_share("great great great great great".split()) == pytest.approx(0.75)
+    assert d.repeated_share("a b a b".split()) == pytest.approx(1 / 3) and d.repeated_share(["a"]) == 0.0
+    shares = d.shares(lines, median_words=8.0)
+    assert shares == pytest.approx({"degenerate": 0.8, "empty": 0.2, "repeats": 0.2, "short": 0.2, "low_oracle": 0.2})
+    assert Degeneracy().shares(lines, None)["short"] == 0.0                      # no first length: no length test
+    assert Degeneracy.median_words(lines) == 5.0
+    with pytest.raises(InputError, match=r"judge floors for \['fluency'\], but the run's judges are \['oracle'\]"):
+        Degeneracy(judges={"fluency": 0.0}).shares(lines, 8.0)
+    for kwargs, message in ((dict(ngram=0), "ngram must be an integer >= 1"),
+                            (dict(repeat_share=0.0), "repeat_share must lie in (0, 1]"),
+                            (dict(short=2.0), "short must lie in [0, 1]"),
+                            (dict(judges=["oracle"]), "judges must be a dict")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            Degeneracy(**kwargs)
+
+
+def test_the_guards_rule_on_synthetic_steps():
+    """Stops once the degenerate share exceeds max_share for patience steps in a row; a healthy
+    step in between restarts the count; enabled=False only logs."""
+    from entrgi_core.training.collapse import CollapseGuard
+
+    def run(shares, **kw):
+        guard = CollapseGuard(**kw)
+        trainer = SimpleNamespace(global_step=0, should_stop=False, is_global_zero=True, checkpoint_callback=None)
+        for share in shares:
+            trainer.global_step += 1
+            module = SimpleNamespace(step_metrics={"degenerate": share, "empty": 0.0, "repeats": share, "short": 0.0})
+            guard.on_train_batch_end(trainer, module, None, None, 0)
+            if trainer.should_stop:
+                return trainer.global_step - 1, guard
+        return None, guard
+
+    assert run([0.1, 0.6, 0.2, 0.6, 0.7, 0.9], max_share=0.5, patience=2)[0] == 4
+    assert run([0.1, 0.6, 0.2, 0.6, 0.7, 0.9], max_share=0.5, patience=3)[0] == 5
+    assert run([0.5, 0.5, 0.5], max_share=0.5, patience=1)[0] is None           # at the limit is not over it
+    assert run([0.9, 0.9, 0.9], max_share=0.5, patience=1, enabled=False)[0] is None
+    at, guard = run([0.0, 0.9, 0.9], max_share=0.5, patience=2)
+    assert at == 2 and guard.healthy == {0}
+    assert "stopped at step 2: 90% of the rollouts were degenerate (empty 0%, repeats 90%, short 0%) for 2 step(s) " \
+           "in a row (the guard's rule: more than 50%)" in guard.message
+    for kwargs, message in ((dict(max_share=1.0), "max_share must lie in [0, 1)"),
+                            (dict(patience=0), "patience must be an integer >= 1")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            CollapseGuard(**kwargs)
+
+
+class _Sours(torch.nn.Module):
+    """A judge that turns every rollout 'degenerate' from its ``after``-th call on."""
+
+    def __new__(cls, after: int):
+        from rewards.text import TextReward
+        calls = {"n": 0}
+
+        def sour(prompts, responses):
+            calls["n"] += 1
+            return [1.0 if calls["n"] <= after else -1.0 for _ in responses]
+        return TextReward(sour, name="sour")
+
+
+def test_the_guard_stops_a_collapsing_fit_and_keeps_the_checkpoint_from_before(tiny_dlm_path, rm, tmp_path, capsys):
+    from entrgi_core.training.collapse import BEFORE_COLLAPSE, CollapseGuard, Degeneracy
+    module = _tuner(tiny_dlm_path, rm, lr=1e-2, objective="rwr", guidance=None, judges=[_Sours(after=3)],
+                    degeneracy=Degeneracy(judges={"sour": 0.0}))
+    guard = CollapseGuard(max_share=0.5, patience=2)
+    seen = {}
+
+    class Spy(L.Callback):                                     # the weights each step's rollouts were drawn with
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[trainer.global_step] = _weights(pl_module)
+
+    trainer, out = _fit(module, tmp_path, 8, callbacks=[guard, Spy()])
+    metrics = read_metrics(out / "metrics.csv")
+    assert [r["degenerate"] for r in metrics] == [0.0, 0.0, 0.0, 1.0, 1.0]            # judge calls 4, 5 are sour
+    assert [r["low_sour"] for r in metrics] == [0.0, 0.0, 0.0, 1.0, 1.0] and "repeats" in metrics[0]
+    assert trainer.global_step == 5 and "stopped at step 4" in capsys.readouterr().err
+    kept = torch.load(out / "checkpoints" / BEFORE_COLLAPSE, weights_only=False)
+    assert kept["global_step"] == 2 and guard.kept_step == 2                           # drew step 2's healthy rollouts
+    state = {k.removeprefix("model.model."): v for k, v in kept["state_dict"].items() if k.startswith("model.model.")}
+    assert all(torch.equal(state[k], v) for k, v in seen[2].items())
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 5                                                   # the newest is kept as well

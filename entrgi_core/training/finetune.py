@@ -37,6 +37,7 @@ from entrgi_core.errors import InputError, NonFiniteLogitsError
 from entrgi_core.models import DiffusionLM
 from entrgi_core.plan import Plan
 from entrgi_core.sampler import run
+from entrgi_core.training.collapse import Degeneracy
 from entrgi_core.training.likelihood import Estimator, TokenTerms
 from entrgi_core.training.objectives import OBJECTIVES, WEIGHTS, grpo_loss, k3, rwr_loss, sft_loss
 from entrgi_core.training.rollouts import rollout_lines
@@ -59,6 +60,7 @@ class RolloutBatch:
     judges: dict = field(default_factory=dict)   # judge name -> ((B,) mean over K, (B,) of Top@1)
     lines: list = field(default_factory=list)    # rollout lines for the exporter (entrgi_core.training.rollouts)
     cost: float = 0.0                 # forward-equivalents spent drawing them and on the terms below
+    degenerate: dict = field(default_factory=dict)   # shares of degenerate rollouts (collapse.Degeneracy.shares)
     old: Tensor | None = None         # (N, T) the drawing policy's per-token terms (GRPO with inner_steps > 1)
     ref: Tensor | None = None         # (N, T) the reference's per-token terms (KL)
 
@@ -88,6 +90,8 @@ class GuidedFineTuner(L.LightningModule):
         track_kl: log the KL to the reference for every objective (one no-grad forward per row,
             evaluation, not counted in the budget unless grpo's ``kl_weight > 0`` needs it).
         select, judges: as for ``generate``; judges' scores of the rollouts are logged.
+        degeneracy: which rollouts count as degenerate (``entrgi_core.training.collapse.Degeneracy``;
+            None: its defaults); their shares are logged every step (``CollapseGuard`` reads them).
     """
 
     def __init__(self, model: DiffusionLM, reward=None, guidance: Guidance | None = None,
@@ -95,7 +99,8 @@ class GuidedFineTuner(L.LightningModule):
                  p_mask_prompt: float = 0.15, mc_samples: int = 1, weights: str = "soft", beta: float = 0.1,
                  clip: float = 0.2, kl_weight: float = 0.04, inner_steps: int = 1, lr: float = 1e-5,
                  weight_decay: float = 0.0, lora: Optional[dict] = None, budget: Optional[float] = None,
-                 track_kl: bool = True, select=None, judges: Optional[list[torch.nn.Module]] = None):
+                 track_kl: bool = True, select=None, judges: Optional[list[torch.nn.Module]] = None,
+                 degeneracy: Optional[Degeneracy] = None):
         super().__init__()
         who = "GuidedFineTuner"
         if not isinstance(model, DiffusionLM):
@@ -125,6 +130,11 @@ class GuidedFineTuner(L.LightningModule):
         self.judges = torch.nn.ModuleList(judges or [])
         self.lora = self._lora_settings(lora)
         self.track_kl = bool(track_kl)
+        if degeneracy is not None and not isinstance(degeneracy, Degeneracy):
+            raise InputError(f"{who}: degeneracy must be an entrgi_core.training.collapse.Degeneracy or None, "
+                             f"got {type(degeneracy).__name__}")
+        self.degeneracy = degeneracy or Degeneracy()
+        self.median_words: float | None = None            # the first rollouts' median length (the length test)
         if self.lora is not None:
             self._wrap_lora()
         else:
@@ -235,6 +245,9 @@ class GuidedFineTuner(L.LightningModule):
                                                batch["position"])
                    for ln in rollout_lines(rec, step=step, prompt_id=pid, position=pos)],
             cost=sum(res.compute["forward_equivalents"]))
+        if self.median_words is None:
+            self.median_words = Degeneracy.median_words(out.lines)
+        out.degenerate = self.degeneracy.shares(out.lines, self.median_words)
         if self.inner_steps > 1:                          # the policy the rollouts came from, under the update's masks
             with torch.no_grad():
                 out.old = self._terms(out).logp
@@ -279,6 +292,7 @@ class GuidedFineTuner(L.LightningModule):
                    "cost": torch.tensor(float(cost)), **stats}
         for name, (avg, top1) in ro.judges.items():
             metrics[f"{name}_top1"], metrics[f"{name}_avg"] = top1.mean(), avg.mean()
+        metrics.update({name: torch.tensor(share) for name, share in ro.degenerate.items()})
         self._record(metrics)
         return {"loss": loss, "rollouts": ro.lines if fresh else []}
 
@@ -306,7 +320,7 @@ class GuidedFineTuner(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN)}
-        checkpoint["entrgi"] = {"spent": self.spent,
+        checkpoint["entrgi"] = {"spent": self.spent, "median_words": self.median_words,
                                 "rollouts": self._rollouts.state() if self._rollouts is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -314,6 +328,7 @@ class GuidedFineTuner(L.LightningModule):
         checkpoint["state_dict"].update({k: v for k, v in own.items() if k.startswith(FROZEN)})
         state = checkpoint.get("entrgi", {})
         self.spent = float(state.get("spent", 0.0))
+        self.median_words = state.get("median_words")
         rollouts = state.get("rollouts")                    # RolloutBatch.state(): plain fields
         self._rollouts = None if rollouts is None else \
             RolloutBatch(**apply_to_collection(rollouts, Tensor, lambda t: t.to(self.device)))
