@@ -79,22 +79,25 @@ def main(argv: list[str] | None = None) -> None:
     def hard_samples():
         step.hard_tokens(phi0, 1, temperature=rel.temperature, top_p=rel.top_p)
 
+    grad_embeds = torch.randn(n, table.shape[1], device=dev)
+
     def relax(fn):
-        def run():
-            x = phi0.clone().requires_grad_(True)
-            out = fn(x, table, hard, gate="entropy", temperature=rel.temperature)
-            out.embeds.sum().backward()
+        def run():                        # as a guided step reads it: phi checked once per step, not here
+            x = phi0.detach().requires_grad_(True)
+            out = fn(x, table, hard, gate="entropy", temperature=rel.temperature, validate=False)
+            out.embeds.backward(grad_embeds)
         return run
 
     def rm_forward_backward():
         x = embeds.detach().clone().requires_grad_(True)
         rm.score_embeds(part.context, x, keep).sum().backward()
 
-    def adam_on_phi():
-        x = phi0.clone().requires_grad_(True)
-        x.grad = torch.randn_like(x)
-        opt = torch.optim.Adam([x], lr=0.5)
-        opt.step()
+    x_adam = phi0.clone().requires_grad_(True)
+    g_adam = torch.randn_like(phi0)
+
+    def adam_on_phi():                    # the strategy's own optimiser, fresh state as in every step
+        x_adam.grad = g_adam
+        strategy._make_optimizer([x_adam]).step()
 
     def final_draw():
         sample_tokens(phi0, u, temperature=cfg.temperature, top_p=cfg.top_p, confidence="entropy")

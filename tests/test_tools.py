@@ -44,15 +44,24 @@ def test_diagnose_records_states_and_bins_positions(dlm, rm):
 
 
 @pytest.mark.slow
-def test_compare_writes_the_frontier(tmp_path, tiny_dlm_path, tiny_rm_path):
+def test_compare_writes_the_frontier(tmp_path, tiny_dlm_path, tiny_rm_path, capsys):
     import json as _json
 
     from entrgi_core.cli import main
     out = tmp_path / "cmp"
-    main(["compare", "--seeds", "0", "1", "--budgets", "2", "4", "--guided-k", "2", "--guided-m", "1", "--smc-k", "2",
-          "--prompts", "2", "--out", str(out), "--dlm.init_args.path", str(tiny_dlm_path),
-          "--reward.init_args.path", str(tiny_rm_path), "--sampling.steps", "4", "--sampling.max_new_tokens", "6"])
+    argv = ["compare", "--seeds", "0", "1", "--budgets", "2", "4", "--guided-k", "2", "--guided-m", "1", "--smc-k", "2",
+            "--prompts", "2", "--out", str(out), "--dlm.init_args.path", str(tiny_dlm_path),
+            "--reward.init_args.path", str(tiny_rm_path), "--sampling.steps", "4", "--sampling.max_new_tokens", "6"]
+    main(argv)
     data = _json.loads((out / "frontier.json").read_text())
+    assert "[compare] seed 1" in capsys.readouterr().out
+    main(argv)                                                  # the same sweep again: every point is kept, none rerun
+    assert "[compare] seed" not in capsys.readouterr().out
+    assert _json.loads((out / "frontier.json").read_text())["runs"] == data["runs"]
+    with pytest.raises(SystemExit) as done:                     # another sweep in the same folder: refused
+        main(argv[:-1] + ["5"])
+    assert done.value.code == 2 and "holds points of another sweep" in capsys.readouterr().err
+    assert _json.loads((out / "frontier.json").read_text())["runs"] == data["runs"]
     labels = [r["label"] for r in data["rows"]]
     assert labels[:2] == ["BoN K=2", "BoN K=4"] and "EntRGi K=2 M=1" in labels and "APS K=2 M=1" in labels
     assert {"SMC none K=2", "SMC Expectation K=2", "SMC APS K=2", "SMC EntRGi K=2"} <= set(labels)
@@ -61,6 +70,9 @@ def test_compare_writes_the_frontier(tmp_path, tiny_dlm_path, tiny_rm_path):
     assert bon4["forward_equivalents"] == pytest.approx(2 * bon2["forward_equivalents"], rel=0.05)
     assert {"j:oracle", "j:valid"} <= set(bon2)            # tiny-world prompts: the oracle and validity judge
     assert (out / "frontier.png").stat().st_size > 0 and "BoN K=4" in (out / "frontier.txt").read_text()
+    assert all((out / f"frontier-{j}.png").stat().st_size > 0 for j in ("oracle", "valid"))
+    assert "guide gain (RM Top@1)" in (out / "frontier.txt").read_text()
+    assert {g["label"] for g in data["gains"]} == set(labels) - {"BoN K=2", "BoN K=4"}
 
 
 def test_compare_and_diagnose_refuse_bad_input(capsys):
@@ -69,6 +81,7 @@ def test_compare_and_diagnose_refuse_bad_input(capsys):
                           (["compare", "--prompts", "0"], "--prompts must be >= 1"),
                           (["compare", "--smc-k", "0"], "--smc-k must be >= 1"),
                           (["compare", "--only", "Bestof"], "--only Bestof keeps no curve; the curves are: "),
+                          (["compare", "--kl", "-1"], "--kl must be finite numbers >= 0, got [-1.0]"),
                           (["diagnose", "--samples", "0"], "--samples must be >= 1")):
         with pytest.raises(SystemExit) as done:
             main(argv)
@@ -101,3 +114,49 @@ def test_only_keeps_an_exactly_named_curve_alone_and_prefixes_otherwise():
     assert kept("SMC + Expectation M=1") == ["SMC + Expectation M=1"]
     assert kept("SMC + Exp") == ["SMC + Expectation M=1", "SMC + Expectation M=1 beta=0.03"]
     assert kept("Best-of-N", "APS") == ["APS M=1", "APS M=3", "Best-of-N"]
+
+
+def _run(label, k, seed, top1, **judges):
+    family = "Best-of-N" if label.startswith("BoN") else label.split(" K=")[0]
+    return {"family": family, "label": label, "k": k, "decoding": "steps", "seed": seed, "top1": top1,
+            "avg": top1, "seconds": 1.0, "forward_equivalents": 10.0 * k, "tpf": 1.0, "binary": [],
+            **{f"j:{n}": v for n, v in judges.items()}}
+
+
+def test_guide_and_judge_gains_are_paired_by_seed_and_flag_a_guide_only_gain():
+    from entrgi_core.tools.compare import gain_table, gains
+    runs = [_run("BoN K=4", 4, 0, 0.2, vader=0.5, fluency=-1.0), _run("BoN K=4", 4, 1, 0.4, vader=0.7, fluency=-1.2),
+            _run("Hack K=4", 4, 0, 0.9, vader=0.4, fluency=-1.5), _run("Hack K=4", 4, 1, 1.1, vader=0.6, fluency=-1.6),
+            _run("Good K=4", 4, 0, 0.3, vader=0.6, fluency=-0.9), _run("Good K=4", 4, 1, 0.5, vader=0.9, fluency=-1.0),
+            _run("Lone K=8", 8, 0, 0.9, vader=0.9, fluency=-0.9)]               # no Best-of-N at K=8: no gain
+    rows = {g["label"]: g for g in gains(runs)}
+    assert set(rows) == {"Hack K=4", "Good K=4"}
+    hack, good = rows["Hack K=4"], rows["Good K=4"]
+    assert hack["gain:top1"] == pytest.approx(0.7) and hack["gain:top1_sem"] == pytest.approx(0.0, abs=1e-12)
+    assert hack["gain:j:vader"] == pytest.approx(-0.1) and hack["gain:j:fluency"] == pytest.approx(-0.45)
+    assert hack["flags"] == ["vader", "fluency"] and good["flags"] == []
+    assert good["gain:j:vader"] == pytest.approx(0.15) and good["gain:j:vader_sem"] == pytest.approx(0.05)
+    text = gain_table(list(rows.values()))
+    assert "guide gain (RM Top@1)" in text and "vader gain" in text and "fluency gain" in text
+    assert "flagged: Hack K=4" in text and text.count(" !") == 2
+
+
+def test_gain_columns_appear_exactly_when_judges_are_given():
+    from entrgi_core.tools.compare import gain_table, gains
+    bare = [_run("BoN K=4", 4, 0, 0.2), _run("Good K=4", 4, 0, 0.3)]
+    assert gains(bare)[0]["gain:top1"] == pytest.approx(0.1) and gain_table(gains(bare)) == ""
+    judged = [_run("BoN K=4", 4, 0, 0.2, oracle=0.1), _run("Good K=4", 4, 0, 0.3, oracle=0.2)]
+    assert "oracle gain" in gain_table(gains(judged))
+
+
+def test_trust_region_and_strength_variants_of_each_gated_curve():
+    from entrgi_core.tools.compare import default_methods
+    from guidance import LinearDecay
+    methods = default_methods(budgets=(4,), guided_k=(4,), guided_m=(3,), smc_k=(), kls=(0.0, 0.1),
+                              strengths=("constant", "linear"))
+    fams = {m.family: m for m in methods}
+    assert {"EntRGi M=3", "EntRGi M=3 kl=0.1", "EntRGi M=3 LinearDecay", "EntRGi M=3 kl=0.1 LinearDecay",
+            "Expectation M=3 kl=0.1"} <= set(fams)
+    made = fams["EntRGi M=3 kl=0.1 LinearDecay"].make()
+    assert made.kl == 0.1 and made.strength == LinearDecay() and made.steps == 3
+    assert fams["EntRGi M=3"].make().settings() == type(made)(steps=3).settings()

@@ -2,6 +2,7 @@
 
     entrgi compare [--config configs/tiny.yaml] [--seeds 0 1 2] [--budgets 4 8 16 32 64]
                    [--smc-k 2 4 8 16 32] [--only Best-of-N SMC] [--out outputs/compare]
+                   [--kl 0 0.01 0.1 1] [--strengths constant linear masked]
                    [--decodings steps threshold entropy_bound threshold+cache entropy_bound+cache]
                    [--cache-block 8] [any `entrgi predict` override, e.g. --reward.init_args.path P]
 
@@ -14,18 +15,25 @@ every point it records per prompt the Top@1 and Avg@N reward, seconds and forwar
 as for ``entrgi predict``; on the tiny world's prompts the oracle and validity by default).
 ``--select`` (as for ``entrgi predict``) picks Top@1 by another reward, e.g. a verifier;
 ``--metric NAME`` reads the matched tables and plots by a judge instead of the reward.
-``--decodings`` runs every curve under each decoding: ``steps`` (the config's own schedule),
+``--kl`` and ``--strengths`` run each gated curve (EntRGi, Expectation, APS) at each trust region
+beta and under each strength schedule (``constant``, ``linear``: ``LinearDecay()``, ``masked``:
+``MaskedShare()``). ``--decodings`` runs every curve under each decoding: ``steps`` (the config's own schedule),
 ``threshold`` and ``entropy_bound`` (``Threshold(0.9)``, ``EntropyBound(0.1)``), and the same with the dual block KV cache (``+cache``, blocks of ``--cache-block``); the tables
 then show tokens per forward and read each decoding's curves at matched compute against its own
 Best-of-N, in forward-equivalents and in seconds. Writes ``frontier.json`` (every run),
-``frontier.txt`` (mean +- SEM over seeds, the table printed) and ``frontier.png`` (reward against
-cost, log scale).
+``runs.jsonl`` (each point as it finishes: run the same command again and a killed sweep resumes
+there; ``--overwrite`` starts over), ``frontier.txt`` (mean +- SEM over seeds, the table printed,
+rewritten after every seed) and ``frontier.png`` (reward against
+cost, log scale), and ``frontier-<judge>.png`` read by each judge. With judges, a table (and plot
+panels) of each guided point's gain over Best-of-N at the same K under the guiding reward and
+under each judge, side by side; a judge that did not rise where the reward did is flagged "!".
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -37,6 +45,7 @@ from entrgi_core.plan import Plan
 from entrgi_core.sampler import generate
 from entrgi_core.schedules import EntropyBound, Threshold
 from entrgi_core.tools import report
+from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic
 from entrgi_core.tools.report import mean_sem, pm
 
 BUDGETS = (4, 8, 16, 32, 64)
@@ -74,14 +83,35 @@ class Method:
         return Method(f"{self.family} [{decoding}]", f"{self.label} [{decoding}]", self.k, self.make, decoding)
 
 
-def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3), smc_k=SMC_K) -> list[Method]:
+STRENGTHS = {"constant": None, "linear": "LinearDecay", "masked": "MaskedShare"}   # --strengths: name -> class
+
+
+def _variant(kl: float, strength: str) -> tuple[str, dict]:
+    """The curve-name suffix and the strategy arguments of one trust-region / strength setting."""
+    import guidance.strength as strengths
+
+    suffix, kwargs = "", {}
+    if kl:
+        suffix, kwargs["kl"] = suffix + f" kl={kl:g}", kl
+    if STRENGTHS[strength] is not None:
+        suffix += f" {STRENGTHS[strength]}"
+        kwargs["strength"] = getattr(strengths, STRENGTHS[strength])()
+    return suffix, kwargs
+
+
+def default_methods(budgets=BUDGETS, guided_k=(4, 8), guided_m=(1, 3), smc_k=SMC_K, kls=(0.0,),
+                    strengths=("constant",)) -> list[Method]:
     from guidance import SMC, EntRGi, Expectation, StraightThrough
 
     out = [Method("Best-of-N", f"BoN K={k}", k, lambda: None) for k in budgets]
     for name, cls in (("EntRGi", EntRGi), ("Expectation", Expectation), ("APS", StraightThrough)):
-        for k in guided_k:
-            for m in guided_m:
-                out.append(Method(f"{name} M={m}", f"{name} K={k} M={m}", k, lambda cls=cls, m=m: cls(steps=m)))
+        for kl in kls:
+            for strength in strengths:
+                suffix, kwargs = _variant(kl, strength)
+                for k in guided_k:
+                    for m in guided_m:
+                        out.append(Method(f"{name} M={m}{suffix}", f"{name} K={k} M={m}{suffix}", k,
+                                          lambda cls=cls, m=m, kw=kwargs: cls(steps=m, **kw)))
     for k in guided_k:
         out.append(Method("EntRGi M=3 every 2nd step", f"EntRGi K={k} M=3 every=2", k,
                           lambda: EntRGi(steps=3, every=2)))
@@ -178,6 +208,48 @@ def table(rows: list[dict]) -> str:
     return report.table(head, body)
 
 
+def gains(runs: list[dict]) -> list[dict]:
+    """Each guided point's gain over Best-of-N at the same K (same decoding), under the guiding
+    reward (Top@1) and under each judge (its score of Top@1): mean +- SEM over seeds of the
+    per-seed differences (paired: the same seed, the same prompts). ``flags`` names the judges
+    whose gain is not positive where the reward's is: the reward rose and that judge did not."""
+    bon = {(r.get("decoding", "steps"), r["k"], r["seed"]): r for r in runs if r["family"].startswith("Best-of-N")}
+    judged = [key for key in runs[0] if key.startswith("j:")] if runs else []
+    by = {}
+    for r in runs:
+        base = bon.get((r.get("decoding", "steps"), r["k"], r["seed"]))
+        if r["family"].startswith("Best-of-N") or base is None:
+            continue
+        by.setdefault((r["family"], r["label"], r["k"], r.get("decoding", "steps")), []).append((r, base))
+    out = []
+    for (family, label, k, decoding), pairs in by.items():
+        row = {"family": family, "label": label, "k": k, "decoding": decoding, "seeds": len(pairs)}
+        for key in ("top1", *judged):
+            row["gain:" + key], row["gain:" + key + "_sem"] = mean_sem([r[key] - b[key] for r, b in pairs])
+        row["flags"] = [key[2:] for key in judged if row["gain:top1"] > 0 and row["gain:" + key] <= 0]
+        out.append(row)
+    return out
+
+
+def gain_table(rows: list[dict]) -> str:
+    """The gains of ``gains`` side by side: the guiding reward's, then each judge's ("!" marks a
+    judge that did not rise where the reward did)."""
+    if not rows:
+        return ""
+    judges = [key[len("gain:j:"):] for key in rows[0] if key.startswith("gain:j:") and not key.endswith("_sem")]
+    if not judges:
+        return ""
+    cell = lambda r, k: pm(r[k], r[k + "_sem"] if r["seeds"] > 1 else None)  # noqa: E731
+    body = [[r["label"], cell(r, "gain:top1")] +
+            [cell(r, f"gain:j:{n}") + (" !" if n in r["flags"] else "") for n in judges] for r in rows]
+    head = ["method", "guide gain (RM Top@1)"] + [f"{n} gain" for n in judges]
+    flagged = [r["label"] for r in rows if r["flags"]]
+    note = ("Gain over Best-of-N at the same K (paired by seed), under the guiding reward and under each judge. "
+            "'!': the reward rose and this judge did not (the guide's gain is not the judges').")
+    tail = f"\nflagged: {', '.join(flagged)}" if flagged else "\nflagged: none"
+    return note + "\n" + report.table(head, body) + tail
+
+
 def matched(rows: list[dict], cost: str = "forward_equivalents", metric: str = "reward") -> str:
     """At each Best-of-N budget, every other curve's best Top@1 (by ``metric``: the reward or a
     judge's name) among its points that cost no more (``cost``: forward-equivalents or seconds),
@@ -219,9 +291,11 @@ def _matched_one(rows: list[dict], cost: str, metric: str) -> str:
     return note + "\n" + report.table([f"budget ({unit})", "Best-of-N"] + names, body, align="left")
 
 
-def plot(rows: list[dict], path: Path, title: str, metric: str = "reward") -> None:
+def plot(rows: list[dict], path: Path, title: str, metric: str = "reward", gain_rows: list[dict] = ()) -> None:
     """Reward (or a judge's score, ``metric``) against forward-equivalents and seconds, log x axes
-    labelled in plain numbers; one colour (and marker) per curve, Best-of-N in black."""
+    labelled in plain numbers; one colour (and marker) per curve, Best-of-N in black. With judges,
+    one more panel per judge: each guided point's judge gain against its guide gain over
+    Best-of-N at the same K (``gains``); points right of 0 and on or below 0 are flagged ones."""
     import matplotlib.ticker as ticker
     from matplotlib import colormaps
 
@@ -230,7 +304,8 @@ def plot(rows: list[dict], path: Path, title: str, metric: str = "reward") -> No
               ("forward_equivalents", "avg", "Avg@N reward (RM)")]
     panels += [("forward_equivalents", f"j:{n}", f"{n} of Top@1 (judge)") for n in judges_of(rows)
                if f"j:{n}" != key and n not in rows[0]["binary"]][:1]
-    fig, axes = report.figure(len(panels))
+    judged = [n for n in judges_of(rows)] if gain_rows else []
+    fig, axes = report.figure(len(panels) + len(judged))
     families = list(dict.fromkeys(r["family"] for r in rows))
     others = [f for f in families if not f.startswith("Best-of-N")]
     colours = colormaps["tab20"].resampled(max(len(others), 1))
@@ -249,6 +324,19 @@ def plot(rows: list[dict], path: Path, title: str, metric: str = "reward") -> No
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("dLLM forward-equivalents per prompt" if x == "forward_equivalents" else "seconds per prompt")
         ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for ax, name in zip(axes[len(panels):], judged):                # guide gain against judge gain
+        for fam in others:
+            pts = [g for g in gain_rows if g["family"] == fam]
+            if pts:
+                ax.errorbar([g["gain:top1"] for g in pts], [g[f"gain:j:{name}"] for g in pts],
+                            xerr=[g["gain:top1_sem"] for g in pts], yerr=[g[f"gain:j:{name}_sem"] for g in pts],
+                            capsize=2, ls="none", ms=5, label=fam, color=style[fam]["color"],
+                            marker=style[fam]["marker"])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel("guide gain over Best-of-N, same K (RM Top@1)")
+        ax.set_ylabel(f"{name} gain over Best-of-N, same K")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     report.save_figure(fig, path, title)
@@ -289,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="+", default=None, metavar="CURVE",
                     help="keep the curves named exactly so, or else starting with one of these "
                          "(e.g. Best-of-N SMC)")
+    ap.add_argument("--kl", type=float, nargs="+", default=[0.0],
+                    help="each gated curve at each trust region beta (guidance kl=...; 0: none)")
+    ap.add_argument("--strengths", nargs="+", default=["constant"], choices=list(STRENGTHS),
+                    help="each gated curve under each strength schedule (guidance.strength)")
     ap.add_argument("--prompts", type=int, default=None, help="use the first N prompts")
     ap.add_argument("--decodings", nargs="+", default=["steps"], choices=list(DECODINGS),
                     help="run every curve under each of these decodings")
@@ -296,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metric", default="reward",
                     help="what Top@1 is read by in the matched tables and plots: the reward, or a judge's name")
     ap.add_argument("--out", type=Path, default=Path("outputs/compare"))
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start over in --out (by default a sweep resumes the points it finished there)")
     ap.add_argument("--title", default=None)
     args, overrides = ap.parse_known_args(argv)
     for name in ("seeds", "budgets", "guided_k", "smc_k"):
@@ -307,12 +401,15 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("entrgi compare: --prompts must be >= 1")
     if args.cache_block < 1:
         raise InputError("entrgi compare: --cache-block must be >= 1")
-    methods = default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)
+    if any(not (b >= 0 and math.isfinite(b)) for b in args.kl):
+        raise InputError(f"entrgi compare: --kl must be finite numbers >= 0, got {args.kl}")
+    methods = default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k, args.kl, args.strengths)
     if args.only:
         families = {m.family for m in methods}
         methods = [m for m in methods if keeps(args.only, m.family, families)]
         if not methods:
-            families = sorted({m.family for m in default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k)})
+            families = sorted({m.family for m in default_methods(args.budgets, args.guided_k, args.guided_m, args.smc_k,
+                                                                 args.kl, args.strengths)})
             raise InputError(f"entrgi compare: --only {' '.join(args.only)} keeps no curve; the curves are: "
                              f"{', '.join(families)}")
     methods = [m.under(d) for d in args.decodings for m in methods]
@@ -327,25 +424,62 @@ def main(argv: list[str] | None = None) -> None:
     if args.metric != "reward" and args.metric not in [j.name for j in judges]:
         raise InputError(f"entrgi compare: --metric {args.metric} is neither 'reward' nor a judge's name "
                          f"({[j.name for j in judges]})")
+    sweep = {"setup": {k: v for k, v in module.run_config().items() if k not in ("method", "guidance")},
+             "prompts": [it["id"] for it in items], "cache_block": args.cache_block}
+    done = _resume(args.out, sweep, args.overwrite)
     runs, t0 = [], time.perf_counter()
     for seed in args.seeds:
         for method in methods:
+            key = (method.label, seed, method.decoding)
+            if key in done:
+                runs.append(done[key])
+                continue
             runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, judges, args.cache_block,
                                   module.select))
+            append_lines(args.out / RUNS, [runs[-1]])                # kept at once: a killed sweep resumes here
             print(f"[compare] seed {seed} {method.label}: Top@1 {runs[-1]['top1']:+.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
-    rows = aggregate(runs)
+        _report(args, runs, judges, model, reward, module, base, items)   # after every seed: a partial report
+
+
+RUNS = "runs.jsonl"     # every finished point of the sweep, one JSON line each
+SWEEP = "sweep.json"    # what the points were measured on (models, judges, sampler, prompts)
+
+
+def _resume(out: Path, sweep: dict, overwrite: bool) -> dict:
+    """The points an earlier run of the same sweep finished in ``out`` ((label, seed, decoding) ->
+    run); a directory holding another sweep is refused (nothing is changed) unless ``overwrite``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path, runs = out / SWEEP, out / RUNS
+    sweep = json.loads(json.dumps(sweep))                          # as it reads back
+    if path.exists() and not overwrite:
+        if json.loads(path.read_text()) != sweep:
+            raise InputError(f"entrgi compare: {out} holds points of another sweep (other models, judges, sampler "
+                             f"settings or prompts: {path}); nothing was changed. Choose another --out, or pass "
+                             "--overwrite to start over.")
+        return {(r["label"], r["seed"], r.get("decoding", "steps")): r for r in read_jsonl(runs)}
+    runs.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(sweep, indent=2))
+    return {}
+
+
+def _report(args, runs, judges, model, reward, module, base, items) -> None:
+    """frontier.json / .txt / .png (and one plot per judge) of the points measured so far."""
+    rows, gain_rows = aggregate(runs), gains(runs)
+    seeds = sorted({r["seed"] for r in runs})
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
-                          f"T={base.steps}, L={base.max_new_tokens}, seeds {args.seeds}"
+                          f"T={base.steps}, L={base.max_new_tokens}, seeds {seeds}"
     if module.select is not None:
         title += f"; Top@1 selected by {module.select.name}"
     note = "judges only score the final responses: their work is evaluation, not in fwd-eq or seconds"
-    text = table(rows) + "".join("\n\n" + m for m in (matched(rows, metric=args.metric),
+    text = table(rows) + "".join("\n\n" + m for m in (gain_table(gain_rows), matched(rows, metric=args.metric),
                                                       matched(rows, "seconds", args.metric)) if m)
     if judges:
         text += "\n\n" + note
-    report.write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows},
-                        lambda path: plot(rows, path, title, args.metric))
+    report.write_report(args.out, "frontier", title, text, {"runs": runs, "rows": rows, "gains": gain_rows},
+                        lambda path: plot(rows, path, title, args.metric, gain_rows))
+    for name in [j.name for j in judges]:                             # one plot read by each judge
+        plot(rows, args.out / f"frontier-{name}.png", title, name, gain_rows)
 
 
 def default_judges(dm, items: list[dict]) -> list:
