@@ -139,6 +139,12 @@ def test_guide_and_judge_gains_are_paired_by_seed_and_flag_a_guide_only_gain():
     text = gain_table(list(rows.values()))
     assert "guide gain (RM Top@1)" in text and "vader gain" in text and "fluency gain" in text
     assert "flagged: Hack K=4" in text and text.count(" !") == 2
+    full = [dict(r, binary=["valid"], **{"j:valid": 1.0}) for r in runs]       # a verifier at its ceiling
+    assert {g["label"]: g["flags"] for g in gains(full)} == {"Hack K=4": ["vader", "fluency"], "Good K=4": []}
+    falls = [dict(r, binary=["valid"], **{"j:valid": 1.0 if r["label"].startswith("BoN") else 0.75}) for r in runs]
+    assert "valid" in {g["label"]: g["flags"] for g in gains(falls)}["Good K=4"]      # at the ceiling, and fell
+    fails = [dict(r, binary=["valid"], **{"j:valid": 0.5 if r["label"].startswith("BoN") else 0.25}) for r in runs]
+    assert "valid" in {g["label"]: g["flags"] for g in gains(fails)}["Good K=4"]
 
 
 def test_gain_columns_appear_exactly_when_judges_are_given():

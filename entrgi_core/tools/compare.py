@@ -212,7 +212,8 @@ def gains(runs: list[dict]) -> list[dict]:
     """Each guided point's gain over Best-of-N at the same K (same decoding), under the guiding
     reward (Top@1) and under each judge (its score of Top@1): mean +- SEM over seeds of the
     per-seed differences (paired: the same seed, the same prompts). ``flags`` names the judges
-    whose gain is not positive where the reward's is: the reward rose and that judge did not."""
+    whose gain is not positive where the reward's is: the reward rose and that judge did not (a
+    verifier that Best-of-N already passes on every prompt cannot rise: only its fall is flagged)."""
     bon = {(r.get("decoding", "steps"), r["k"], r["seed"]): r for r in runs if r["family"].startswith("Best-of-N")}
     judged = [key for key in runs[0] if key.startswith("j:")] if runs else []
     by = {}
@@ -226,7 +227,10 @@ def gains(runs: list[dict]) -> list[dict]:
         row = {"family": family, "label": label, "k": k, "decoding": decoding, "seeds": len(pairs)}
         for key in ("top1", *judged):
             row["gain:" + key], row["gain:" + key + "_sem"] = mean_sem([r[key] - b[key] for r, b in pairs])
-        row["flags"] = [key[2:] for key in judged if row["gain:top1"] > 0 and row["gain:" + key] <= 0]
+        ceiling = {key for key in judged if key[2:] in pairs[0][1].get("binary", [])
+                   and all(b[key] == 1 for _, b in pairs)}                # a verifier Best-of-N already passes
+        row["flags"] = [key[2:] for key in judged if row["gain:top1"] > 0 and row["gain:" + key] <= 0
+                        and not (key in ceiling and row["gain:" + key] == 0)]
         out.append(row)
     return out
 
@@ -428,18 +432,21 @@ def main(argv: list[str] | None = None) -> None:
              "prompts": [it["id"] for it in items], "cache_block": args.cache_block}
     done = _resume(args.out, sweep, args.overwrite)
     runs, t0 = [], time.perf_counter()
-    for seed in args.seeds:
+    for n, seed in enumerate(args.seeds):
+        new = False
         for method in methods:
             key = (method.label, seed, method.decoding)
             if key in done:
                 runs.append(done[key])
                 continue
+            new = True
             runs.append(run_point(model, reward, items, base, method, seed, dm.batch_size, judges, args.cache_block,
                                   module.select))
             append_lines(args.out / RUNS, [runs[-1]])                # kept at once: a killed sweep resumes here
             print(f"[compare] seed {seed} {method.label}: Top@1 {runs[-1]['top1']:+.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        _report(args, runs, judges, model, reward, module, base, items)   # after every seed: a partial report
+        if new or n == len(args.seeds) - 1:                          # after every seed: a partial report
+            _report(args, runs, judges, model, reward, module, base, items)
 
 
 RUNS = "runs.jsonl"     # every finished point of the sweep, one JSON line each

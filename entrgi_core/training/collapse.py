@@ -34,6 +34,17 @@ from entrgi_core.settings import settings
 BEFORE_COLLAPSE = "before-collapse.ckpt"
 
 
+def one_word_share(prompts: list[str], responses: list[str]) -> list[float]:
+    """A reward that pays for collapse: the share of each response's words that are its most
+    frequent word (0 for an empty one). Train on it to see a guard stop a run
+    (``rewards.TextReward("entrgi_core.training.collapse:one_word_share")``)."""
+    out = []
+    for text in responses:
+        words = text.split()
+        out.append(max(words.count(w) for w in set(words)) / len(words) if words else 0.0)
+    return out
+
+
 class Degeneracy:
     """Args:
         ngram: n of the repeated n-gram share (words, whitespace-split).
