@@ -1,6 +1,7 @@
 """The entrgi command line (entrgi_core.cli): configs, one-line errors, resuming and several
 processes."""
 import json
+import re
 import socket
 
 import pytest
@@ -184,7 +185,7 @@ def test_every_documented_config_parses(files, capsys, monkeypatch):
 
 
 def test_the_cli_ties_the_slice_to_the_sampling_seed(cli_config, capsys, monkeypatch):
-    from entrgi_core.cli import EntrgiCLI, _Parser
+    from entrgi_core.lightning_cli import EntrgiCLI, _Parser
     from entrgi_core.data import PromptDataModule as DM
     from entrgi_core.module import GuidedDenoiser
 
@@ -219,3 +220,36 @@ def test_a_fresh_interpreter_prints_one_line_for_bad_input(cli_config, tmp_path)
     proc = cli("predict", "--config", str(cli_config), "--guidance.steps", "-1", check=False)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("entrgi: error")]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_front_door_lists_every_command_with_one_line_each(capsys):
+    from entrgi_core.cli import COMMANDS, main
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0
+    for name in COMMANDS:
+        assert re.search(rf"^  {name}\s+\S", text, re.M), name          # a line of its own, with what it does
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2 and "commands:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["predcit", "--config", "x.yaml"])
+    assert done.value.code == 2
+    assert "unknown command 'predcit'. Did you mean 'predict'? The commands are: predict, fit, compare, diagnose" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_front_door_answers_in_a_fresh_interpreter_without_torch():
+    """`entrgi --help` imports no torch, lightning or transformers and takes well under 2 s of CPU."""
+    import subprocess
+    import sys as _sys
+    code = ("import resource, sys; from entrgi_core.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
+            "r = resource.getrusage(resource.RUSAGE_SELF)\n"
+            "print('HEAVY', heavy, 'CPU', r.ru_utime + r.ru_stime)")
+    out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("HEAVY"))
+    assert "HEAVY [] CPU" in line and float(line.rsplit(" ", 1)[1]) < 2.0, line

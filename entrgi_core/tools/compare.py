@@ -348,7 +348,7 @@ def plot(rows: list[dict], path: Path, title: str, metric: str = "reward", gain_
 
 def load(config_args: list[str]):
     """The models, prompts and sampler settings of an ``entrgi predict`` configuration."""
-    from entrgi_core.cli import EntrgiCLI, _Parser
+    from entrgi_core.lightning_cli import EntrgiCLI, _Parser
     from entrgi_core.data import PromptDataModule
     from entrgi_core.module import GuidedDenoiser
 
