@@ -27,6 +27,7 @@ from entrgi_core.config import old_spelling
 from entrgi_core.data import PromptDataModule
 from entrgi_core.errors import InputError
 from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic, write_lines
+from entrgi_core.run_lock import RunLock
 from entrgi_core.training.rollouts import ROLLOUTS, rollout_lines
 
 __all__ = ["JsonlPredictionWriter", "read_jsonl", "summarize", "total_compute"]
@@ -43,6 +44,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._shard = None
         self._started = None
         self._config: dict = {}
+        self._lock = RunLock(self.output_dir, "entrgi predict")
 
     # ----------------------------------------------------------------------- set-up
 
@@ -71,6 +73,18 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Checks only: the output directory is changed in ``on_predict_start``, after every set-up
         check (the module's prompt checks included) has passed."""
+        if trainer.is_global_zero:
+            self._lock.acquire()                      # one live run per directory, refused before any change
+        try:
+            self._check(trainer, pl_module)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._lock.release()
+
+    def _check(self, trainer, pl_module) -> None:
         self._config = self.run_identity(trainer, pl_module)
         out = self.output_dir
         run_file = out / RUN
@@ -117,6 +131,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if trainer.is_global_zero and self.replaces:                   # a failed replacing run leaves nothing
             shutil.rmtree(self._shard_dir, ignore_errors=True)
+        self._lock.release()                           # a run that failed holds the directory no longer
 
     # ----------------------------------------------------------------------- writing
 

@@ -253,3 +253,58 @@ def test_the_front_door_answers_in_a_fresh_interpreter_without_torch():
     out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("HEAVY"))
     assert "HEAVY [] CPU" in line and float(line.rsplit(" ", 1)[1]) < 2.0, line
+
+
+# ----------------------------------------------------------------------------- one run per output directory
+
+
+def _hold(out, command):
+    """A live process holding ``out`` as ``command`` (the lock is an OS lock: it takes another process)."""
+    import subprocess
+    import sys as _sys
+    code = (f"from entrgi_core.run_lock import RunLock; import time; held = RunLock({str(out)!r}, {command!r}); "
+            "held.acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([_sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.slow
+def test_a_run_on_a_held_directory_is_refused_and_a_killed_holder_blocks_nothing(cli_config, tmp_path):
+    import signal
+    import socket
+
+    from entrgi_core.run_lock import LOCK, OWNER, RunLock
+    out = tmp_path / "out"
+    proc = _hold(out, "entrgi fit")
+    try:
+        with pytest.raises(InputError, match=re.escape(f"{out} is in use by another live run (entrgi fit, pid "
+                                                       f"{proc.pid} on host {socket.gethostname()}, since ")):
+            RunLock(out, "entrgi predict").acquire()
+        code, err = in_process_cli("predict", "--config", str(cli_config))           # the same output_dir
+        assert code == 2 and f"is in use by another live run (entrgi fit, pid {proc.pid}" in err
+        assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, OWNER])     # nothing written
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (out / OWNER).exists()                               # the killed run could not tidy up ...
+    code, err = in_process_cli("predict", "--config", str(cli_config))            # ... and blocks nothing
+    assert code == 0, err
+    assert (out / "predictions.jsonl").exists() and not (out / OWNER).exists() and not (out / LOCK).exists()
+
+
+def test_a_lock_made_folder_is_taken_away_and_a_released_lock_is_free(tmp_path):
+    from entrgi_core.run_lock import RunLock
+    out = tmp_path / "new" / "out"
+    lock = RunLock(out, "entrgi predict")
+    lock.acquire()
+    assert lock.held and json.loads((out / ".entrgi-run.json").read_text())["command"] == "entrgi predict"
+    lock.release()
+    assert not out.exists() and (tmp_path / "new").exists()     # only the folder it made
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "a.txt").write_text("x")
+    kept = RunLock(tmp_path / "kept", "entrgi fit")
+    kept.acquire()
+    kept.release()
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["a.txt"]

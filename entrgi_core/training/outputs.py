@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from entrgi_core.config import old_spelling
 from entrgi_core.errors import InputError
 from entrgi_core.jsonl import write_atomic
+from entrgi_core.run_lock import RunLock
 
 RUN, METRICS, SUMMARY, MODEL, CURVES, CHECKPOINTS, HPARAMS = ("run.json", "metrics.csv", "summary.json", "model",
                                                               "curves.png", "checkpoints", "hparams.yaml")
@@ -85,6 +86,7 @@ class FitOutputs(Callback):
         self.overwrite = overwrite
         self._identity: dict = {}
         self._started = None
+        self._lock = RunLock(self.output_dir, "entrgi fit")
 
     def identity(self, trainer, pl_module) -> dict:
         dm = trainer.datamodule
@@ -115,7 +117,12 @@ class FitOutputs(Callback):
         """After the checkpoint (if any) is chosen and before any compute: check, then prepare."""
         self._started = time.perf_counter()
         if trainer.is_global_zero:
-            self.check(trainer, pl_module)
+            self._lock.acquire()                      # one live run per directory, refused before any change
+            try:
+                self.check(trainer, pl_module)
+            except BaseException:
+                self._lock.release()
+                raise
             out = self.output_dir
             out.mkdir(parents=True, exist_ok=True)
             if self.overwrite and trainer.ckpt_path is None:
@@ -127,6 +134,12 @@ class FitOutputs(Callback):
                     shard.unlink()
             write_atomic(out / RUN, json.dumps(self._identity, indent=2, sort_keys=True))
         trainer.strategy.barrier("entrgi-fit-start")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._lock.release()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._lock.release()                           # a run that failed holds the directory no longer
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:                       # after the checkpoint's restore: drop later rows
