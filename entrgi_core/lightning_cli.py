@@ -108,6 +108,10 @@ class EntrgiCLI(LightningCLI):
         parser.add_argument("--diagnose", type=bool, default=False,
                             help="record the reward after each guidance update (one more RM forward per step)")
         parser.link_arguments("diagnose", "model.diagnose")
+        parser.add_argument("--baseline", type=bool, default=False,
+                            help="also run Best-of-N at the same K and seeds and record each prompt's gain over it "
+                                 "under the reward and each judge (its compute reported apart)")
+        parser.link_arguments("baseline", "model.baseline")
         parser.set_defaults({"trainer.inference_mode": False, "trainer.logger": False,
                              "trainer.enable_checkpointing": False, "trainer.enable_model_summary": False})
 

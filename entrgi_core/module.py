@@ -18,7 +18,7 @@ from entrgi_core.contract import Guidance
 from entrgi_core.errors import InputError
 from entrgi_core.models import DiffusionModel
 from entrgi_core.plan import Plan
-from entrgi_core.sampler import run
+from entrgi_core.sampler import best_of_n_plan, run, with_baseline
 
 
 class GuidedDenoiser(L.LightningModule):
@@ -26,11 +26,15 @@ class GuidedDenoiser(L.LightningModule):
         diagnose: also record, per prompt and guided step, the reward after each update (one more
             reward-model forward per guided step). The gate weight and the reward before the update
             are recorded whenever a step is guided: they cost nothing extra.
+        baseline: also run Best-of-N at the same K and seeds on each batch (its compute reported apart)
+            and record each prompt's gain over it under the reward and each judge
+            (``gain_over_best_of_n``; ``summary.json`` averages them and flags a judge that did not
+            rise where the reward did).
     """
 
     def __init__(self, model: DiffusionModel, reward=None, guidance: Guidance | None = None,
                  config: DenoiseConfig | None = None, diagnose: bool = False, select=None,
-                 judges: Optional[list[torch.nn.Module]] = None):
+                 judges: Optional[list[torch.nn.Module]] = None, baseline: bool = False):
         super().__init__()
         self.model = model
         self.reward = reward
@@ -40,6 +44,8 @@ class GuidedDenoiser(L.LightningModule):
         self.plan = Plan.check(model, reward, guidance, config, select=select, judges=list(self.judges))  # once
         self.config = self.plan.config
         self.diagnose = diagnose
+        self.baseline = bool(baseline)
+        self._baseline_plan = best_of_n_plan(self.plan) if self.baseline else None   # refused here, not mid-run
         self._prompts_checked = False
         self.save_hyperparameters(self.run_config())
 
@@ -66,6 +72,7 @@ class GuidedDenoiser(L.LightningModule):
             "guidance": self.guidance.settings() if self.guidance is not None else None,
             "config": self.config.to_dict(),
             "diagnose": self.diagnose,
+            **({"baseline": True} if getattr(self, "baseline", False) else {}),
             "vocabulary": vocab,
         }
 
@@ -99,6 +106,8 @@ class GuidedDenoiser(L.LightningModule):
             )
         prompts = self.plan.batch(batch["prompt"], batch["id"], check_lengths=not self._prompts_checked)
         res = run(self.plan, prompts, diagnose=self.diagnose)
+        if self._baseline_plan is not None:
+            res = with_baseline(res, run(self._baseline_plan, prompts))
         records = res.records(method=self.method, seed=self.config.seed)
         seconds = res.seconds / len(records)
         for rec in records:

@@ -59,6 +59,10 @@ class GenerationResult:
     selected_by: str | None = None        # the selector's name
     judge_scores: dict = field(default_factory=dict)    # judge name -> (B, K)
     reward_terms: dict = field(default_factory=dict)    # a composite reward's term name -> (B, K)
+    # with ``baseline=True``: Best-of-N at the same K and seeds, per prompt: "reward" (its Top@1's
+    # reward) and each judge's score of its Top@1, each (B,); ``gains`` = this run's minus those
+    baseline: dict = field(default_factory=dict)
+    gains: dict = field(default_factory=dict)
 
     def records(self, method: str = "", seed: int | None = None) -> list[dict]:
         """One JSON-ready dict per prompt; every value is the prompt's own."""
@@ -89,6 +93,9 @@ class GenerationResult:
             rec.update(denoising_steps=self.denoising_steps[b], tokens_per_forward=self.tokens_per_forward[b])
         if self.compute:
             rec["compute"] = {key: values[b] for key, values in self.compute.items()}
+        if self.gains:
+            rec["best_of_n"] = {key: float(v[b]) for key, v in self.baseline.items()}
+            rec["gain_over_best_of_n"] = {key: float(v[b]) for key, v in self.gains.items()}
         rec.update(method=method, seed=seed)
         return rec
 

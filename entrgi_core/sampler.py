@@ -23,7 +23,7 @@ from entrgi_core import rng
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.contract import GuidanceStep, StepUpdate
 from entrgi_core.draws import neg_entropy, sample_tokens
-from entrgi_core.errors import require_finite
+from entrgi_core.errors import InputError, require_finite
 from entrgi_core.kv_cache import BlockCache
 from entrgi_core.models import OwnLoopLM
 from entrgi_core.plan import Batch, Plan
@@ -35,17 +35,44 @@ SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence"
 
 
 def generate(model, prompts: list[str], *, reward=None, guidance=None, config: DenoiseConfig | None = None,
-             prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None) -> GenerationResult:
+             prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None,
+             baseline: bool = False) -> GenerationResult:
     """K responses for each prompt, guided by ``reward`` through ``guidance`` (None: unguided).
 
     ``select`` picks Top@1 (default: the reward); ``judges`` only score the final responses
     (evaluation; they never change the samples). ``prompt_ids`` (default: the prompts' positions)
     seed each prompt's random draws together with ``config.seed``. ``reward`` may be None only
     for unguided sampling. ``diagnose`` adds the diagnostics that cost compute (reward after each
-    update).
+    update). ``baseline`` also runs Best-of-N at the same K and seeds (its compute is reported apart,
+    never added to this run's) and gives each prompt's gain over it under the reward and under each
+    judge (``GenerationResult.gains``).
     """
     plan = Plan.check(model, reward, guidance, config, select=select, judges=judges)
-    return run(plan, plan.batch(prompts, prompt_ids), diagnose=diagnose)
+    baseline_plan = best_of_n_plan(plan) if baseline else None
+    batch = plan.batch(prompts, prompt_ids)
+    res = run(plan, batch, diagnose=diagnose)
+    return with_baseline(res, run(baseline_plan, batch)) if baseline else res
+
+
+def best_of_n_plan(plan: Plan) -> Plan:
+    """The unguided plan with ``plan``'s model, reward, selector, judges and sampler: Best-of-N at
+    the same K and seeds. Refused (before any compute) for a plan that is unguided already."""
+    if plan.guidance is None or not plan.guidance.needs_reward:
+        raise InputError("baseline=True compares a guided run with Best-of-N at the same K; this run is unguided "
+                         "(it is Best-of-N): give a guidance strategy, or drop the baseline")
+    return Plan.check(plan.model, plan.reward, None, plan.config, select=plan.select, judges=list(plan.judges))
+
+
+def with_baseline(res: GenerationResult, bon: GenerationResult) -> GenerationResult:
+    """``res`` with Best-of-N's Top@1 reward and judge scores (``baseline``) and the gains over them."""
+    def top1(r: GenerationResult, scores):
+        return scores.gather(1, r.best_index[:, None])[:, 0]
+
+    res.baseline = {"reward": bon.best_reward, **{n: top1(bon, v) for n, v in bon.judge_scores.items()}}
+    mine = {"reward": res.best_reward, **{n: top1(res, v) for n, v in res.judge_scores.items()}}
+    res.gains = {key: mine[key] - res.baseline[key] for key in mine}
+    res.baseline["forward_equivalents"] = torch.tensor(bon.compute["forward_equivalents"])
+    return res
 
 
 def run(plan: Plan, batch: Batch, *, diagnose: bool = False) -> GenerationResult:

@@ -184,6 +184,19 @@ def total_compute(records: list[dict]) -> dict:
     return {"total": total, "per_prompt": {k: v / n for k, v in total.items()}}
 
 
+def gain_summary(records: list[dict]) -> dict:
+    """With a baseline (``--baseline true``): the mean gain over Best-of-N at the same K under the
+    reward and each judge, Best-of-N's compute, and the judges that did not rise where the reward did."""
+    gains = [r["gain_over_best_of_n"] for r in records if r.get("gain_over_best_of_n")]
+    if not gains:
+        return {}
+    mean = {key: sum(g[key] for g in gains) / len(gains) for key in gains[0]}
+    bon = [r["best_of_n"].get("forward_equivalents") for r in records if r.get("best_of_n")]
+    return {"gain_over_best_of_n": mean,
+            "best_of_n_forward_equivalents": sum(bon) if bon and None not in bon else None,
+            "gain_flags": [k for k in mean if k != "reward" and mean["reward"] > 0 and mean[k] <= 0]}
+
+
 def summarize(records: list[dict], config: dict | None) -> dict:
     import lightning
     import torch
@@ -213,6 +226,7 @@ def summarize(records: list[dict], config: dict | None) -> dict:
         "mean_entropy_weight_by_step": {s: sum(v) / len(v) for s, v in sorted(steps.items())},
         "vocabulary": (config or {}).get("vocabulary"),
         "compute": total_compute(records),
+        **gain_summary(records),
         "config": config,
         "versions": {"entrgi": entrgi_core.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "lightning": lightning.__version__,

@@ -308,3 +308,16 @@ def test_a_lock_made_folder_is_taken_away_and_a_released_lock_is_free(tmp_path):
     kept.acquire()
     kept.release()
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["a.txt"]
+
+
+def test_predict_with_a_baseline_summarises_the_gain_over_best_of_n(cli_config, tmp_path):
+    out = tmp_path / "with-baseline"
+    code, err = in_process_cli("predict", "--config", str(cli_config), "--baseline", "true", "--output_dir", str(out),
+                               "--judges+", "entrgi_core.tinyworld.OracleJudge")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["gain_over_best_of_n"]) == {"reward", "oracle"} and summary["best_of_n_forward_equivalents"] > 0
+    recs = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["gain_over_best_of_n"]["reward"] == pytest.approx(r["best_reward"] - r["best_of_n"]["reward"])
+               for r in recs)
+    assert summary["config"]["baseline"] is True

@@ -226,3 +226,32 @@ def test_the_finite_check_tells_overflowing_sums_from_non_finite_logits():
             x[2, 7] = bad
             with pytest.raises(NonFiniteLogitsError, match="at step 3: non-finite logits"):
                 require_finite(x, "at step 3")
+
+
+def test_a_baseline_gives_each_prompts_gain_over_best_of_n_under_the_reward_and_each_judge(dlm, rm):
+    """baseline=True runs Best-of-N at the same K and seeds: its Top@1 is exactly an unguided
+    generate's, the gains are this run's minus it (reward and each judge), its compute is apart."""
+    from entrgi_core.errors import InputError
+    from guidance import EntRGi
+    from rewards import TextReward
+
+    judge = TextReward(lambda p, r: [float(len(x.split())) for x in r], name="words")
+    cfg = small_config(num_samples=3)
+    guided = generate(dlm, PROMPTS, reward=rm, guidance=EntRGi(steps=1), config=cfg, judges=[judge], baseline=True)
+    alone = generate(dlm, PROMPTS, reward=rm, guidance=EntRGi(steps=1), config=cfg, judges=[judge])
+    bon = generate(dlm, PROMPTS, reward=rm, config=cfg, judges=[judge])
+    assert torch.equal(guided.tokens, alone.tokens) and guided.compute == alone.compute    # the run is unchanged
+    torch.testing.assert_close(guided.baseline["reward"], bon.best_reward)
+    torch.testing.assert_close(guided.gains["reward"], guided.best_reward - bon.best_reward)
+    words = lambda r: r.judge_scores["words"].gather(1, r.best_index[:, None])[:, 0]   # noqa: E731
+    torch.testing.assert_close(guided.gains["words"], words(guided) - words(bon))
+    rec = guided.records()[1]
+    assert set(rec["gain_over_best_of_n"]) == {"reward", "words"}
+    assert rec["best_of_n"]["forward_equivalents"] == pytest.approx(bon.compute["forward_equivalents"][1])
+    assert "gain_over_best_of_n" not in alone.records()[0]
+    from entrgi_core.writer import gain_summary
+    summary = gain_summary(guided.records())
+    assert summary["gain_over_best_of_n"]["reward"] == pytest.approx(float(guided.gains["reward"].mean()))
+    assert gain_summary(alone.records()) == {}
+    with pytest.raises(InputError, match="this run is unguided"):
+        generate(dlm, PROMPTS, reward=rm, config=cfg, baseline=True)
