@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from entrgi_core import checks
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.errors import InputError
 
@@ -66,16 +67,26 @@ class Plan:
         return cls(model=model, reward=reward, guidance=guidance, config=cfg, max_pieces=pieces, select=select,
                    judges=judges, schedule=schedule)
 
-    def batch(self, prompts, prompt_ids: list | None = None, *, check_lengths: bool = True) -> "Batch":
-        """The prompts checked and encoded; ``prompt_ids`` default to their positions."""
+    def batch(self, prompts, prompt_ids: list | None = None, *, check_lengths: bool = True,
+              seeds: list[int] | None = None) -> "Batch":
+        """The prompts checked and encoded; ``prompt_ids`` default to their positions; ``seeds`` (one per
+        prompt, default ``config.seed`` for all) seed each prompt's draws with its id."""
         prompts = check_prompts(prompts)
         ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         if len(ids) != len(prompts):
             raise InputError(f"generate: {len(ids)} prompt ids for {len(prompts)} prompts")
+        if seeds is None:
+            seeds = [self.config.seed] * len(prompts)
+        else:
+            seeds = list(seeds)
+            if len(seeds) != len(prompts):
+                raise InputError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
+            for s in seeds:
+                checks.integer(s, who="generate", name="each of seeds", minimum=0)
         encoded = self.model.encode_prompts(prompts)
         if check_lengths:
             self.check_lengths(prompts, ids, encoded)
-        return Batch(prompts, ids, encoded)
+        return Batch(prompts, ids, encoded, seeds)
 
     def check_lengths(self, prompts: list[str], ids: list, encoded: list[list[int]]) -> None:
         models = [term for _, term in self.reward.parts()] if self.reward is not None else [None]
@@ -102,6 +113,10 @@ class Batch:
     prompts: list[str]
     prompt_ids: list
     encoded: list[list[int]]      # the dLLM's token ids of each prompt (chat template applied)
+    seeds: list[int] | None = None   # each prompt's seed (None: the config's for all)
+
+    def seed_of(self, b: int, default: int) -> int:
+        return self.seeds[b] if self.seeds is not None else default
 
     def __len__(self) -> int:
         return len(self.prompts)

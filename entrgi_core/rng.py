@@ -66,8 +66,10 @@ def prompt_key(seed: int, prompt_id: str | int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def row_keys(seed: int, prompt_ids: list, num_samples: int, device=None) -> Tensor:
-    """(B * K,) int64 keys: prompt b's K samples are rows b*K .. b*K + K - 1."""
-    base = torch.tensor([prompt_key(seed, p) for p in prompt_ids], dtype=torch.long, device=device)
+def row_keys(seed: int | list[int], prompt_ids: list, num_samples: int, device=None) -> Tensor:
+    """(B * K,) int64 keys: prompt b's K samples are rows b*K .. b*K + K - 1; ``seed`` is one seed
+    for all prompts or one per prompt."""
+    seeds = seed if isinstance(seed, (list, tuple)) else [seed] * len(prompt_ids)
+    base = torch.tensor([prompt_key(s, p) for s, p in zip(seeds, prompt_ids)], dtype=torch.long, device=device)
     k = torch.arange(num_samples, dtype=torch.long, device=device)
     return derive(base.repeat_interleave(num_samples), k.repeat(len(prompt_ids)))

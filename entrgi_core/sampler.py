@@ -36,20 +36,22 @@ SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence"
 
 def generate(model, prompts: list[str], *, reward=None, guidance=None, config: DenoiseConfig | None = None,
              prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None,
-             baseline: bool = False) -> GenerationResult:
+             baseline: bool = False, seeds: list[int] | None = None) -> GenerationResult:
     """K responses for each prompt, guided by ``reward`` through ``guidance`` (None: unguided).
 
     ``select`` picks Top@1 (default: the reward); ``judges`` only score the final responses
     (evaluation; they never change the samples). ``prompt_ids`` (default: the prompts' positions)
     seed each prompt's random draws together with ``config.seed``. ``reward`` may be None only
     for unguided sampling. ``diagnose`` adds the diagnostics that cost compute (reward after each
-    update). ``baseline`` also runs Best-of-N at the same K and seeds (its compute is reported apart,
+    update). ``seeds`` (one per prompt) give each prompt its own seed: a prompt's responses are the
+    ones ``generate`` gives it alone with ``config.seed`` = its seed and the same prompt id, so
+    requests with different seeds share one batch. ``baseline`` also runs Best-of-N at the same K and seeds (its compute is reported apart,
     never added to this run's) and gives each prompt's gain over it under the reward and under each
     judge (``GenerationResult.gains``).
     """
     plan = Plan.check(model, reward, guidance, config, select=select, judges=judges)
     baseline_plan = best_of_n_plan(plan) if baseline else None
-    batch = plan.batch(prompts, prompt_ids)
+    batch = plan.batch(prompts, prompt_ids, seeds=seeds)
     res = run(plan, batch, diagnose=diagnose)
     return with_baseline(res, run(baseline_plan, batch)) if baseline else res
 
@@ -135,7 +137,7 @@ def start(plan: Plan, batch: Batch) -> Rows:
     g, r = plan.guidance, len(batch) * k
     zeros = torch.zeros(r, dtype=torch.long, device=device)
     return Rows(ids=rep(ids), attn=rep(attn), pos=rep(pos), width=width,
-                keys=rng.row_keys(cfg.seed, batch.prompt_ids, k, device=device),
+                keys=rng.row_keys(batch.seeds or cfg.seed, batch.prompt_ids, k, device=device),
                 stops=torch.tensor(model.stop_ids, dtype=torch.long, device=device), side=side,
                 schedule=plan.schedule,
                 blocks=Blocks(r, cfg.max_new_tokens, cfg.num_blocks, cfg.steps // cfg.num_blocks, device),

@@ -255,3 +255,32 @@ def test_a_baseline_gives_each_prompts_gain_over_best_of_n_under_the_reward_and_
     assert gain_summary(alone.records()) == {}
     with pytest.raises(InputError, match="this run is unguided"):
         generate(dlm, PROMPTS, reward=rm, config=cfg, baseline=True)
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["unguided", "entrgi"])
+def test_per_prompt_seeds_give_each_prompt_what_it_gets_alone_with_its_seed(dlm, rm, guided):
+    """generate(seeds=[...]) lets prompts with different seeds share one batch (a server's batching):
+    each prompt's responses equal generate's for it alone with config.seed = its seed."""
+    from dataclasses import replace
+
+    from guidance import EntRGi
+    strategy = (lambda: EntRGi(steps=1)) if guided else (lambda: None)
+    cfg = small_config(num_samples=2)
+    together = generate(dlm, PROMPTS, reward=rm, guidance=strategy(), config=cfg, prompt_ids=["a", "b", "c"],
+                        seeds=[3, 5, 3])
+    for b, (pid, seed) in enumerate(zip("abc", (3, 5, 3))):
+        alone = generate(dlm, PROMPTS[b:b + 1], reward=rm, guidance=strategy(), config=replace(cfg, seed=seed),
+                         prompt_ids=[pid])
+        assert torch.equal(alone.tokens[0], together.tokens[b])
+        torch.testing.assert_close(alone.rewards[0], together.rewards[b])
+    same = generate(dlm, PROMPTS, reward=rm, guidance=strategy(), config=cfg, prompt_ids=["a", "b", "c"])
+    assert torch.equal(same.tokens, generate(dlm, PROMPTS, reward=rm, guidance=strategy(), config=cfg,
+                                             prompt_ids=["a", "b", "c"], seeds=[cfg.seed] * 3).tokens)
+
+
+def test_bad_per_prompt_seeds(dlm):
+    from entrgi_core.errors import InputError
+    with pytest.raises(InputError, match="2 seeds for 3 prompts"):
+        generate(dlm, PROMPTS, config=SMALL, seeds=[1, 2])
+    with pytest.raises(InputError, match="generate: each of seeds must be an integer >= 0, got -1"):
+        generate(dlm, PROMPTS, config=SMALL, seeds=[1, 2, -1])

@@ -39,17 +39,18 @@ def sample_canvases(model, plan, batch) -> Rollout:
     gc = generation_config(model, cfg)
     device = model.device
     tokens, rm_work, calls, widths = [], [], [], []
-    for prompt, pid, ids in zip(batch.prompts, batch.prompt_ids, batch.encoded):
+    for b, (prompt, pid, ids) in enumerate(zip(batch.prompts, batch.prompt_ids, batch.encoded)):
+        seed = batch.seed_of(b, cfg.seed)
         temp = ConstantTemperature(float(cfg.temperature))
         guide = None
         if plan.guided:
             guide = GuidanceLogitsProcessor(plan.reward, plan.guidance, tokenizer=model.tokenizer, prompts=[prompt] * k,
                                             temperature=float(cfg.temperature), top_p=1.0,
-                                            seed=rng.prompt_key(cfg.seed, pid), stop_ids=list(model.stop_ids))
+                                            seed=rng.prompt_key(seed, pid), stop_ids=list(model.stop_ids))
         chain = LogitsProcessorList([guide, temp] if guide is not None else [temp])
         input_ids = torch.tensor([ids] * k, dtype=torch.long, device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(rng.prompt_key(cfg.seed, pid))
+            torch.manual_seed(rng.prompt_key(seed, pid))
             out = model.model.generate(input_ids, generation_config=gc, logits_processor=chain)
         seq = out.sequences if not isinstance(out, Tensor) else out
         resp = seq[:, len(ids): len(ids) + length]
