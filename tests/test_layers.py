@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 
 # Only these may import the strategy and reward packages: the command line, the experiment tools
 # and the two worlds (which train and evaluate with them).
-APP_LAYER = ("entrgi_core/cli.py", "entrgi_core/tools/", "entrgi_core/tinyworld/", "entrgi_core/realworld/")
+APP_LAYER = ("entrgi_core/cli.py", "entrgi_core/lightning_cli.py", "entrgi_core/tools/", "entrgi_core/tinyworld/", "entrgi_core/realworld/")
 
 
 def library_modules():
@@ -55,7 +55,8 @@ def test_every_module_imports():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("package", ["guidance", "rewards", "entrgi_core", "entrgi_core.cli", "entrgi_core.tools.demo",
-                                     "entrgi_core.training", "entrgi_core.schedules", "entrgi_core.realworld"])
+                                     "entrgi_core.training", "entrgi_core.schedules", "entrgi_core.realworld",
+                                     "entrgi_core.serving", "entrgi_core.lightning_cli"])
 def test_each_public_package_imports_first_in_a_fresh_interpreter(package):
     proc = subprocess.run([sys.executable, "-c", f"import {package}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -1,0 +1,101 @@
+"""entrgi serve's request layer (entrgi_core.serving): OpenAI bodies checked against the server's
+limits before any compute, compatible requests batched into one generate with a seed each (a
+request's result does not depend on its batch), OpenAI-shaped responses."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from entrgi_core import generate
+from entrgi_core.serving import (RequestError, ServeLimits, compatible, parse_chat, parse_completion, respond,
+                                 run_requests)
+from guidance import EntRGi
+from tests.helpers import PROMPTS, small_config
+
+LIMITS = ServeLimits(max_samples=4, max_steps=8, max_tokens=8, max_prompt_chars=200)
+BASE = small_config()                         # T=4, L=6 (helpers), K from each request
+
+
+def body(**kw):
+    out = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 6, "seed": 3,
+           "entrgi": {"num_samples": 2, "steps": 4}}
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize("bad,status,message", [
+    ([], 400, "the body must be a JSON object, got list"),
+    (body(prompt=3), 400, "prompt must be a string (one prompt per request), got 3"),
+    (body(prompt=["a", "b"]), 400, "prompt must be a string (one prompt per request)"),
+    (body(prompt="   "), 400, "the prompt is empty"),
+    (body(prompt="x" * 201), 422, "the prompt has 201 characters; this server takes at most 200"),
+    (body(max_tokens=9), 422, "max_tokens must lie in [1, 8] on this server, got 9"),
+    (body(max_tokens="6"), 400, "max_tokens must be an integer, got '6'"),
+    (body(n=3), 422, "entrgi.num_samples must lie in [3, 4] on this server, got 2"),
+    (body(seed=-1), 422, "seed must lie in [0, None] on this server, got -1"),
+    (body(stream="yes"), 400, "stream must be true or false, got 'yes'"),
+    (body(entrgi={"num_samples": 5}), 422, "entrgi.num_samples must lie in [1, 4] on this server, got 5"),
+    (body(entrgi={"steps": 7}), 422, "entrgi.steps (7) must not exceed max_tokens (6)"),
+    (body(entrgi={"temperature": 1}), 400, "entrgi has unknown fields ['temperature']"),
+    (body(entrgi={"guidance": "guidance.SMC"}), 422, "entrgi.guidance 'guidance.SMC' is not allowed on this server"),
+    (body(entrgi={"guidance": {"class_path": "os.system"}}), 422, "'os.system' is not allowed on this server"),
+    (body(entrgi={"guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": -1}}}), 422,
+     "entrgi.guidance: EntRGi: steps (M) must be an integer >= 0, got -1"),
+    (body(entrgi={"guidance": {"class_path": "guidance.EntRGi", "init_args": {"stepz": 1}}}), 422,
+     "unexpected keyword argument 'stepz'"),
+])
+def test_bad_completion_requests_are_refused_with_their_status_and_one_line(bad, status, message):
+    with pytest.raises(RequestError) as err:
+        parse_completion(bad, LIMITS, config_steps=4)
+    assert err.value.status == status and message in err.value.message and "\n" not in err.value.message
+
+
+def test_bad_chat_requests():
+    for bad, message in (({"messages": []}, "messages must be a non-empty list"),
+                         ({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]},
+                          "one user message per chat request")):
+        with pytest.raises(RequestError, match=message):
+            parse_chat(bad, LIMITS)
+    req = parse_chat({"messages": [{"role": "user", "content": PROMPTS[1]}], "seed": 2}, LIMITS, config_steps=4)
+    assert req.chat and req.prompt == PROMPTS[1] and req.seed == 2 and req.steps == 4
+
+
+def test_defaults_come_from_the_servers_limits():
+    req = parse_completion({"prompt": "hello"}, LIMITS, config_steps=4)
+    assert (req.n, req.num_samples, req.steps, req.max_tokens, req.seed, req.guidance) == (1, 4, 4, 8, 0, None)
+    req = parse_completion(body(entrgi={"guidance": "guidance.EntRGi"}), LIMITS, config_steps=4)
+    assert req.guidance == {"class_path": "guidance.EntRGi", "init_args": {}} and isinstance(req.make_guidance(), EntRGi)
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["unguided", "entrgi"])
+def test_a_requests_result_does_not_depend_on_its_batch(dlm, rm, guided):
+    """Three compatible requests with their own seeds, run as one generate: each gets exactly what
+    generate gives its prompt alone with its seed."""
+    g = {"guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": 1}}} if guided else {}
+    reqs = [parse_completion(body(prompt=p, seed=s, entrgi={"num_samples": 2, "steps": 4, **g}), LIMITS)
+            for p, s in zip(PROMPTS, (3, 7, 3))]
+    assert len({compatible(r) for r in reqs}) == 1
+    res = run_requests(dlm, rm, BASE, reqs)
+    for b, r in enumerate(reqs):
+        cfg = replace(BASE, num_samples=2, steps=4, max_new_tokens=6, seed=r.seed)
+        alone = generate(dlm, [r.prompt], reward=rm, guidance=r.make_guidance(), config=cfg)
+        assert alone.texts[0] == res.texts[b]
+        out = respond(r, res, b, "tiny")
+        assert out["choices"][0]["text"] == alone.texts[0][int(alone.best_index[0])]
+        assert out["entrgi"]["reward"] == pytest.approx(float(alone.best_reward[0]))
+        assert out["object"] == "text_completion" and out["usage"]["total_tokens"] > 0
+
+
+def test_responses_give_the_n_best_choices_and_samples_on_request(dlm, rm):
+    req = parse_completion(body(n=2, entrgi={"num_samples": 3, "steps": 4, "return_samples": True}), LIMITS)
+    res = run_requests(dlm, rm, BASE, [req])
+    out = respond(req, res, 0, "tiny")
+    rewards = out["entrgi"]["choice_rewards"]
+    assert len(out["choices"]) == 2 and rewards[0] == max(out["entrgi"]["rewards"]) and rewards[0] >= rewards[1]
+    assert len(out["entrgi"]["samples"]) == 3 and out["entrgi"]["compute"]["forward_equivalents"] > 0
+    chat = replace(req, chat=True, return_samples=False)
+    reply = respond(chat, res, 0, "tiny")
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+    assert "samples" not in reply["entrgi"]
+    with pytest.raises(ValueError, match="not compatible"):
+        run_requests(dlm, rm, BASE, [req, replace(req, steps=2)])
