@@ -11,6 +11,8 @@ commands:
              the guiding reward and by each judge (entrgi compare --config configs/real.yaml)
   diagnose   which gate the reward model rewards: soft inputs against hard tokens, by entropy
              (entrgi diagnose --config configs/tiny.yaml)
+  serve      an OpenAI-compatible HTTP server (completions, chat) doing guided sampling, on LitServe
+             (entrgi serve --config configs/tiny.yaml --port 8000; loopback by default)
 
 A configuration names the diffusion LM (dlm), the reward model (reward), the strategy (guidance),
 the sampler (sampling), the prompts (data), the judges and Lightning's trainer; see
@@ -29,6 +31,7 @@ COMMANDS = {
     "fit": ("entrgi_core.lightning_cli", "fit"),
     "compare": ("entrgi_core.tools.compare", "main"),
     "diagnose": ("entrgi_core.tools.diagnose", "main"),
+    "serve": ("entrgi_core.tools.serve", "main"),
 }
 PASS_COMMAND = {"predict", "fit"}            # LightningCLI reads its subcommand from the arguments
 

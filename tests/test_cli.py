@@ -236,7 +236,7 @@ def test_the_front_door_lists_every_command_with_one_line_each(capsys):
     with pytest.raises(SystemExit) as done:
         main(["predcit", "--config", "x.yaml"])
     assert done.value.code == 2
-    assert "unknown command 'predcit'. Did you mean 'predict'? The commands are: predict, fit, compare, diagnose" \
+    assert "unknown command 'predcit'. Did you mean 'predict'? The commands are: predict, fit, compare, diagnose, serve" \
         in capsys.readouterr().err
 
 

@@ -99,3 +99,78 @@ def test_responses_give_the_n_best_choices_and_samples_on_request(dlm, rm):
     assert "samples" not in reply["entrgi"]
     with pytest.raises(ValueError, match="not compatible"):
         run_requests(dlm, rm, BASE, [req, replace(req, steps=2)])
+
+
+# ----------------------------------------------------------------------------- the server, through a real client
+
+
+@pytest.fixture
+def server(cli_config):
+    """`entrgi serve` on the random tiny models, on a free loopback port (stopped with SIGTERM)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.helpers import ROOT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "entrgi_core.cli", "serve", "--config", str(cli_config),
+                             "--port", str(port), "--max-batch-size", "4"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_the_openai_client_gets_what_generate_gives(server, cli_config):
+    """The `openai` client (nobody here wrote it) against `entrgi serve`: completions and chat, guided
+    and unguided, equal generate's Top@1 for the same seed and settings; a bad request is its 4xx."""
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    import openai
+    import yaml
+
+    from entrgi_core import MaskedLM
+    from rewards import HFRewardModel
+    cfg = yaml.safe_load(cli_config.read_text())
+    dlm = MaskedLM(cfg["dlm"]["init_args"]["path"])
+    rm = HFRewardModel(cfg["reward"]["init_args"]["path"])
+    client = openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [dlm.name]
+    guided = {"class_path": "guidance.EntRGi", "init_args": {"steps": 1}}
+    for strategy in (None, guided):
+        ext = {"num_samples": 2, "steps": 4, "guidance": strategy}
+        out = client.completions.create(model=dlm.name, prompt=PROMPTS[0], max_tokens=8, seed=5,
+                                        extra_body={"entrgi": ext})
+        chat = client.chat.completions.create(model=dlm.name, messages=[{"role": "user", "content": PROMPTS[1]}],
+                                              max_tokens=8, seed=6, extra_body={"entrgi": ext})
+        for prompt, seed, reply, text in ((PROMPTS[0], 5, out, out.choices[0].text),
+                                          (PROMPTS[1], 6, chat, chat.choices[0].message.content)):
+            config = replace(BASE, num_samples=2, steps=4, max_new_tokens=8, seed=seed)
+            alone = generate(dlm, [prompt], reward=rm, guidance=EntRGi(steps=1) if strategy else None, config=config)
+            assert text == alone.texts[0][int(alone.best_index[0])]
+            assert reply.model_extra["entrgi"]["reward"] == pytest.approx(float(alone.best_reward[0]), abs=1e-5)
+            assert reply.model_extra["entrgi"]["guidance"] == strategy
+    with pytest.raises(openai.UnprocessableEntityError, match="entrgi.num_samples must lie in"):
+        client.completions.create(model=dlm.name, prompt=PROMPTS[0], max_tokens=8, extra_body={"entrgi": {"num_samples": 99}})
+    request = urllib.request.Request(server + "/v1/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 400 and "not valid JSON" in _json.loads(err.value.read())["error"]["message"]
+    ok = client.completions.create(model=dlm.name, prompt=PROMPTS[2], max_tokens=8, extra_body={"entrgi": {"steps": 4}})
+    assert ok.choices[0].text is not None                        # the server goes on serving
