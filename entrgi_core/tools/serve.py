@@ -129,6 +129,7 @@ def _api_class():
                                        judges=self.judges, select=self.select)
                     for j, i in enumerate(members):
                         out[i] = respond(requests[i], res, j, self.name)
+                        out[i]["entrgi"]["batch"] = {"requests": len(requests), "generate": len(members)}
                 except Exception as exc:          # this group fails alone, with one line (the others go on)
                     status = 422 if isinstance(exc, InputError) else 500
                     for i in members:
