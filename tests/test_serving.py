@@ -129,13 +129,14 @@ def server(cli_config):
             time.sleep(0.5)
         if proc.poll() is not None:
             raise RuntimeError(proc.stderr.read()[-2000:])
-    yield url
+    yield url, proc
     proc.terminate()
-    proc.wait(timeout=60)
+    proc.wait(timeout=120)
 
 
 @pytest.mark.slow
 def test_the_openai_client_gets_what_generate_gives(server, cli_config):
+    server, _ = server
     """The `openai` client (nobody here wrote it) against `entrgi serve`: completions and chat, guided
     and unguided, equal generate's Top@1 for the same seed and settings; a bad request is its 4xx."""
     import json as _json
@@ -174,3 +175,33 @@ def test_the_openai_client_gets_what_generate_gives(server, cli_config):
     assert err.value.code == 400 and "not valid JSON" in _json.loads(err.value.read())["error"]["message"]
     ok = client.completions.create(model=dlm.name, prompt=PROMPTS[2], max_tokens=8, extra_body={"entrgi": {"steps": 4}})
     assert ok.choices[0].text is not None                        # the server goes on serving
+
+
+@pytest.mark.slow
+def test_sigterm_lets_an_in_flight_request_finish_then_everything_exits(server):
+    import json as _json
+    import threading
+    import time
+    import urllib.request
+
+    url, proc = server
+    body = _json.dumps({"prompt": PROMPTS[0], "max_tokens": 32, "seed": 1,
+                        "entrgi": {"num_samples": 16, "steps": 32,
+                                   "guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": 3}}}}).encode()
+    answer = {}
+
+    def call():
+        with urllib.request.urlopen(urllib.request.Request(url + "/v1/completions", data=body, method="POST"),
+                                    timeout=120) as r:
+            answer["status"], answer["body"] = r.status, _json.loads(r.read())
+        answer["done"] = time.perf_counter()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(1.0)                                   # the request is in flight
+    proc.terminate()
+    terminated = time.perf_counter()
+    thread.join(timeout=120)
+    assert answer.get("status") == 200 and answer["body"]["choices"][0]["text"] is not None
+    assert answer["done"] > terminated                # it was answered after the SIGTERM
+    assert proc.wait(timeout=120) is not None

@@ -14,7 +14,9 @@ batch. LitServe batches up to ``--max-batch-size`` queued requests (waiting at m
 ``--batch-timeout`` s); compatible ones run as one ``generate`` with a seed each, so a response
 never depends on what it was batched with. Each response carries the Top@1 text (``n`` best
 choices), and an ``entrgi`` object with the reward, the judges' scores, tokens per forward and
-the compute account. Not yet: streaming each step's canvas (``stream: true`` is refused with 422).
+the compute account. On SIGTERM the server stops taking connections and lets in-flight requests
+finish (up to ``--graceful-timeout`` s) before it exits. Not yet: streaming each step's canvas
+(``stream: true`` is refused with 422).
 """
 from __future__ import annotations
 
@@ -155,7 +157,7 @@ def __getattr__(name: str):
 
 
 def build(config_args: list[str], limits: ServeLimits, *, max_batch_size: int, batch_timeout: float,
-          workers_per_device: int = 1):
+          workers_per_device: int = 1, graceful_timeout: float = 300.0):
     """The LitServer (not started): the API, the gate and the /v1/models route."""
     import litserve as ls
 
@@ -175,6 +177,7 @@ def build(config_args: list[str], limits: ServeLimits, *, max_batch_size: int, b
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "entrgi"}]}
 
     server.app.add_api_route("/v1/models", models, methods=["GET"])
+    server.uvicorn_graceful_timeout = graceful_timeout    # SIGTERM: in-flight requests finish first (LitServe: 30 s)
     return server
 
 
@@ -193,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
     ap.add_argument("--default-samples", type=int, default=defaults.default_samples)
     ap.add_argument("--strategies", nargs="+", default=list(ALLOWED), help="the strategies requests may name")
+    ap.add_argument("--graceful-timeout", type=float, default=300.0,
+                    help="on SIGTERM, seconds in-flight requests may take to finish before the server stops")
     args, overrides = ap.parse_known_args(argv)
     from entrgi_core.errors import InputError
     for key in ("port", "max_batch_size", "max_samples", "max_steps", "max_tokens", "max_prompt_chars",
@@ -206,5 +211,14 @@ def main(argv: list[str] | None = None) -> None:
                          default_samples=min(args.default_samples, args.max_samples))
     configs = args.config or ["configs/tiny.yaml"]
     config_args = [a for c in configs for a in ("--config", c)] + overrides
-    server = build(config_args, limits, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    if args.graceful_timeout < 0:
+        raise InputError(f"entrgi serve: --graceful-timeout must be >= 0, got {args.graceful_timeout}")
+    server = build(config_args, limits, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+                   graceful_timeout=args.graceful_timeout)
+    import signal
+
+    def stop(signum, frame):         # SIGTERM takes LitServe's Ctrl-C path: workers drain, then all exit
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     server.run(host=args.host, port=args.port, generate_client_file=False)
