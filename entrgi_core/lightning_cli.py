@@ -9,7 +9,6 @@ Top-level groups: ``dlm`` (a DiffusionLM), ``reward`` (a RewardAdapter, optional
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import re
 import sys
@@ -31,6 +30,7 @@ from entrgi_core.progress import PromptProgressBar
 from entrgi_core.schedules import SCHEDULES
 from entrgi_core.writer import JsonlPredictionWriter
 from rewards.base import RewardAdapter
+
 
 def known_classes() -> dict[str, list[str]]:
     """What a misspelled class_path is compared with."""

@@ -185,8 +185,8 @@ def test_every_documented_config_parses(files, capsys, monkeypatch):
 
 
 def test_the_cli_ties_the_slice_to_the_sampling_seed(cli_config, capsys, monkeypatch):
-    from entrgi_core.lightning_cli import EntrgiCLI, _Parser
     from entrgi_core.data import PromptDataModule as DM
+    from entrgi_core.lightning_cli import EntrgiCLI, _Parser
     from entrgi_core.module import GuidedDenoiser
 
     monkeypatch.chdir(ROOT)

@@ -4,11 +4,17 @@ request's result does not depend on its batch), OpenAI-shaped responses."""
 from dataclasses import replace
 
 import pytest
-import torch
 
 from entrgi_core import generate
-from entrgi_core.serving import (RequestError, ServeLimits, compatible, parse_chat, parse_completion, respond,
-                                 run_requests)
+from entrgi_core.serving import (
+    RequestError,
+    ServeLimits,
+    compatible,
+    parse_chat,
+    parse_completion,
+    respond,
+    run_requests,
+)
 from guidance import EntRGi
 from tests.helpers import PROMPTS, small_config
 

@@ -1,8 +1,8 @@
 """The training wing (entrgi_core.training): estimators and objectives by hand, GuidedFineTuner
 under trainer.fit, resuming, budgets, LoRA and the entrgi fit command."""
 import json
-import re
 import math
+import re
 from types import SimpleNamespace
 
 import lightning as L

@@ -41,11 +41,11 @@ from pathlib import Path
 
 from entrgi_core.config import DenoiseConfig
 from entrgi_core.errors import InputError
+from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic
 from entrgi_core.plan import Plan
 from entrgi_core.sampler import generate
 from entrgi_core.schedules import EntropyBound, Threshold
 from entrgi_core.tools import report
-from entrgi_core.jsonl import append_lines, read_jsonl, write_atomic
 from entrgi_core.tools.report import mean_sem, pm
 
 BUDGETS = (4, 8, 16, 32, 64)
@@ -348,8 +348,8 @@ def plot(rows: list[dict], path: Path, title: str, metric: str = "reward", gain_
 
 def load(config_args: list[str]):
     """The models, prompts and sampler settings of an ``entrgi predict`` configuration."""
-    from entrgi_core.lightning_cli import EntrgiCLI, _Parser
     from entrgi_core.data import PromptDataModule
+    from entrgi_core.lightning_cli import EntrgiCLI, _Parser
     from entrgi_core.module import GuidedDenoiser
 
     quiet = logging.getLogger("lightning.pytorch")
