@@ -10,6 +10,7 @@ one from their set-up checks to their end, on the global-zero process.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -53,6 +54,18 @@ class RunLock:
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                  "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         (self.output_dir / OWNER).write_text(json.dumps(owner, indent=2))
+
+    @contextlib.contextmanager
+    def checking(self, take: bool = True):
+        """Hold the directory (when ``take``: the global-zero process) while the run's set-up checks
+        run; a check that fails lets it go again."""
+        if take:
+            self.acquire()
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
     def _holder(self) -> str:
         try:

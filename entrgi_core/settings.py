@@ -28,3 +28,21 @@ def settings(obj) -> dict:
         value = getattr(obj, name)
         out[name] = value.settings() if callable(getattr(value, "settings", None)) else value
     return out
+
+
+class Recorded:
+    """An object known by its settings (a commit schedule, a strength schedule): equal, hashed and
+    shown by them."""
+
+    def settings(self) -> dict:
+        return settings(self)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other.settings() == self.settings()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.settings().items()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "class")
+        return f"{type(self).__name__}({args})"

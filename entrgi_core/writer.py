@@ -73,13 +73,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Checks only: the output directory is changed in ``on_predict_start``, after every set-up
         check (the module's prompt checks included) has passed."""
-        if trainer.is_global_zero:
-            self._lock.acquire()                      # one live run per directory, refused before any change
-        try:
+        with self._lock.checking(take=trainer.is_global_zero):   # one live run per directory, before any change
             self._check(trainer, pl_module)
-        except BaseException:
-            self._lock.release()
-            raise
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._lock.release()

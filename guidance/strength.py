@@ -25,23 +25,11 @@ from __future__ import annotations
 import abc
 
 from entrgi_core import checks
-from entrgi_core.settings import settings
+from entrgi_core.settings import Recorded
 
 
-class StrengthSchedule(abc.ABC):
+class StrengthSchedule(Recorded, abc.ABC):
     """The factor on ``lr`` at one denoising step."""
-
-    def settings(self) -> dict:
-        return settings(self)
-
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and other.settings() == self.settings()
-
-    def __hash__(self) -> int:
-        return hash(tuple(self.settings().items()))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items() if k != 'class')})"
 
     @abc.abstractmethod
     def __call__(self, t: float, masked_share: float) -> float:

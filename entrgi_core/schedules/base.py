@@ -26,7 +26,7 @@ from torch import Tensor
 from entrgi_core import rng
 from entrgi_core.errors import InputError
 from entrgi_core.schedules.blocks import Blocks
-from entrgi_core.settings import settings
+from entrgi_core.settings import Recorded
 
 EOS_PENALTY = 1e4   # a sampled EOS ranks below every other masked position, above committed ones
 PARALLEL_ALGS = ("entropy", "maskgit_plus")   # the rules a parallel schedule accepts (they read its distribution)
@@ -83,7 +83,7 @@ class CommitView:
         return out
 
 
-class CommitSchedule:
+class CommitSchedule(Recorded):
     """A commit schedule (see the module docstring). Subclasses implement ``commit``."""
 
     statistic: str = "alg"   # what ``CommitView.stat`` holds: "alg" (DenoiseConfig.alg's confidence),
@@ -96,19 +96,6 @@ class CommitSchedule:
     def commit(self, view: CommitView) -> Tensor:
         """(R, L) bool: the positions to commit at this step (a subset of ``view.eligible``)."""
         raise NotImplementedError
-
-    def settings(self) -> dict:
-        return settings(self)
-
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and other.settings() == self.settings()
-
-    def __hash__(self) -> int:
-        return hash(tuple(self.settings().items()))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "class")
-        return f"{type(self).__name__}({args})"
 
 
 class FixedSchedule(CommitSchedule):

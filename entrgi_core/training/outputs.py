@@ -117,12 +117,8 @@ class FitOutputs(Callback):
         """After the checkpoint (if any) is chosen and before any compute: check, then prepare."""
         self._started = time.perf_counter()
         if trainer.is_global_zero:
-            self._lock.acquire()                      # one live run per directory, refused before any change
-            try:
+            with self._lock.checking():              # one live run per directory, before any change
                 self.check(trainer, pl_module)
-            except BaseException:
-                self._lock.release()
-                raise
             out = self.output_dir
             out.mkdir(parents=True, exist_ok=True)
             if self.overwrite and trainer.ckpt_path is None:
