@@ -49,9 +49,10 @@ def derive(keys: Tensor, *fields: int | Tensor) -> Tensor:
     """New keys from ``keys`` and further fields (ints or int64 tensors broadcasting with keys)."""
     k = keys
     for f in fields:
-        if not isinstance(f, Tensor):
-            f = torch.tensor(_to_i64(int(f)), dtype=torch.long, device=keys.device)
-        k = mix((k + _GOLDEN) ^ (f * _GOLDEN))
+        # An int field is mixed on the host (64-bit wrap, the same bits as on the tensor): a
+        # scalar kernel argument, never a host-to-device copy (which would sync the inner loop).
+        f = f * _GOLDEN if isinstance(f, Tensor) else _to_i64(int(f) * _GOLDEN)
+        k = mix((k + _GOLDEN) ^ f)
     return k
 
 

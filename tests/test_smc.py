@@ -133,6 +133,13 @@ def test_token_log_probs_are_the_samplers_filtered_distribution():
         token_log_probs(logits, tokens, temperature=0.0)
 
 
+def test_derived_keys_are_the_same_bits_for_int_and_tensor_fields():
+    keys = torch.tensor([0, 1, -5, 2**62, -2**63])
+    for field in (0, 1, 3, 2**63 - 1, -1, 12345678901234):           # ints are mixed on the host
+        assert torch.equal(rng.derive(keys, field), rng.derive(keys, torch.tensor(field)))
+    assert not torch.equal(rng.derive(keys, 1), rng.derive(keys, 2))
+
+
 def test_token_log_probs_match_the_sampled_frequencies():
     logits = torch.randn(1, 6, generator=torch.Generator().manual_seed(0)).expand(20000, 6)
     u = rng.uniform(rng.derive(torch.arange(20000), 7))
