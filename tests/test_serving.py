@@ -40,6 +40,10 @@ def body(**kw):
     (body(n=3), 422, "entrgi.num_samples must lie in [3, 4] on this server, got 2"),
     (body(seed=-1), 422, "seed must lie in [0, None] on this server, got -1"),
     (body(stream="yes"), 400, "stream must be true or false, got 'yes'"),
+    (body(temperature=3), 400, "temperature must be a number in [0, 2], got 3"),
+    (body(temperature="0.7"), 400, "temperature must be a number in [0, 2], got '0.7'"),
+    (body(stop=[""]), 400, "stop must be a non-empty string or a list of at most 16 of them"),
+    (body(stop=["."] * 17), 400, "stop must be a non-empty string or a list of at most 16 of them"),
     (body(entrgi={"num_samples": 5}), 422, "entrgi.num_samples must lie in [1, 4] on this server, got 5"),
     (body(entrgi={"steps": 7}), 422, "entrgi.steps (7) must not exceed max_tokens (6)"),
     (body(entrgi={"temperature": 1}), 400, "entrgi has unknown fields ['temperature']"),
@@ -108,6 +112,42 @@ def test_responses_give_the_n_best_choices_and_samples_on_request(dlm, rm):
 
 
 # ----------------------------------------------------------------------------- the server, through a real client
+
+
+def test_temperature_and_stop_as_local_completions_sends_them(dlm, rm):
+    """lm-eval's local-completions sends temperature and stop: the sampler takes the temperature (it
+    splits batches), and every returned text is cut before its first stop string."""
+    reqs = [parse_completion(body(temperature=t, seed=s, stop=stop), LIMITS, config_steps=4)
+            for t, s, stop in ((0.0, 1, None), (0.0, 2, "the"), (1.3, 1, ["the", "was"]))]
+    assert reqs[0].stop == () and reqs[1].stop == ("the",) and reqs[2].stop == ("the", "was")
+    assert compatible(reqs[0]) == compatible(reqs[1]) != compatible(reqs[2])
+    for req in reqs:
+        res = run_requests(dlm, rm, BASE, [req])
+        alone = generate(dlm, [req.prompt], reward=rm, config=replace(BASE, num_samples=2, steps=4, max_new_tokens=6,
+                                                                      seed=req.seed, temperature=req.temperature))
+        full = alone.texts[0][int(alone.best_index[0])]
+        cuts = [i for i in (full.find(s) for s in req.stop) if i >= 0]
+        assert respond(req, res, 0, "tiny")["choices"][0]["text"] == (full[:min(cuts)] if cuts else full)
+    default = parse_completion(body(), LIMITS, config_steps=4)
+    assert default.temperature is None and run_requests(dlm, rm, BASE, [default]).texts == \
+        generate(dlm, [default.prompt], reward=rm, config=replace(BASE, num_samples=2, steps=4, max_new_tokens=6,
+                                                                  seed=3)).texts
+
+
+def test_a_default_guidance_applies_only_where_a_request_names_none():
+    from entrgi_core.errors import InputError
+    from entrgi_core.serving.requests import check_default_guidance, parse_guidance_arg
+
+    limits = replace(LIMITS, default_guidance=check_default_guidance(parse_guidance_arg(
+        '{"class_path": "guidance.EntRGi", "init_args": {"steps": 1}}'), LIMITS))
+    assert parse_completion(body(entrgi={}), limits, 4).guidance == {"class_path": "guidance.EntRGi",
+                                                                     "init_args": {"steps": 1}}
+    assert parse_completion(body(entrgi={"guidance": None}), limits, 4).guidance is None
+    assert parse_guidance_arg("none") is None and parse_guidance_arg("guidance.Expectation") == "guidance.Expectation"
+    with pytest.raises(InputError, match="the default guidance: entrgi.guidance 'guidance.SMC' is not allowed"):
+        check_default_guidance("guidance.SMC", LIMITS)
+    with pytest.raises(InputError, match="the default guidance is not valid JSON"):
+        parse_guidance_arg("{class_path: x}")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Run compatible ``ServeRequest`` objects as one ``generate`` and build OpenAI responses.
 
-Requests are compatible when they share everything but the prompt and the seed (K, steps,
-length, guidance): each then runs as prompt id 0 with its own seed (``generate(seeds=...)``), so
+Requests are compatible when they share everything but the prompt, the seed and the stop strings
+(K, steps, length, temperature, guidance): each then runs as prompt id 0 with its own seed (``generate(seeds=...)``), so
 its result is exactly ``generate(model, [prompt], config=replace(config, seed=seed, ...))``, whatever
 it was batched with.
 """
@@ -17,7 +17,8 @@ from entrgi_core.serving.requests import ServeRequest
 
 def compatible(request: ServeRequest) -> tuple:
     """Requests with equal keys share one ``generate``."""
-    return (request.max_tokens, request.num_samples, request.steps, json.dumps(request.guidance, sort_keys=True))
+    return (request.max_tokens, request.num_samples, request.steps, request.temperature,
+            json.dumps(request.guidance, sort_keys=True))
 
 
 def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=(), select=None):
@@ -29,16 +30,24 @@ def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=()
         raise ValueError("run_requests: the requests are not compatible (see compatible())")
     first = requests[0]
     config = replace(base, max_new_tokens=first.max_tokens, num_samples=first.num_samples, steps=first.steps)
+    if first.temperature is not None:
+        config = replace(config, temperature=first.temperature)
     return generate(model, [r.prompt for r in requests], reward=reward, guidance=first.make_guidance(),
                     config=config, prompt_ids=[0] * len(requests), seeds=[r.seed for r in requests],
                     judges=list(judges) or None, select=select)
+
+
+def cut(text: str, stop: tuple) -> tuple[str, bool]:
+    """``text`` up to the earliest of the ``stop`` strings, and whether one was found."""
+    at = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:at], True) if at >= 0 else (text, False)
 
 
 def respond(request: ServeRequest, res, b: int, model_name: str, count_tokens=None) -> dict:
     """The OpenAI response to ``request``, prompt ``b`` of ``res``: its ``n`` best samples as choices
     (Top@1 first), and an ``entrgi`` object with the reward, the judges' scores, tokens per forward
     and the compute account (the samples too, with ``return_samples``)."""
-    texts = res.texts[b]
+    texts = [cut(t, request.stop)[0] for t in res.texts[b]]
     if res.rewards is not None:
         order = sorted(range(len(texts)), key=lambda i: (-float(res.rewards[b, i]), i))
         order.remove(int(res.best_index[b]))

@@ -1,8 +1,10 @@
 """OpenAI request bodies -> checked ``ServeRequest`` objects.
 
 A body is the OpenAI one (``/v1/completions``: ``prompt``; ``/v1/chat/completions``: ``messages``)
-with ``max_tokens`` (our L), ``n`` (choices returned, the best first), ``seed`` and ``stream``, and
-an ``entrgi`` extension object naming the guidance and the sampler:
+with ``max_tokens`` (our L), ``n`` (choices returned, the best first), ``seed``, ``temperature`` (the
+token sampler's; 0 = greedy; absent: the server config's), ``stop`` (strings the returned text is
+cut before; the reward and judges read the response as generated) and ``stream``, and an
+``entrgi`` extension object naming the guidance and the sampler:
 
     "entrgi": {"guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": 3}} | null,
                "num_samples": 8, "steps": 32, "return_samples": false}
@@ -42,6 +44,7 @@ class ServeLimits:
     strategies: tuple = ALLOWED
     default_samples: int = 4
     default_steps: int | None = None      # None: the server's sampler config's
+    default_guidance: dict | None = None  # a request that names no guidance gets this (None: unguided)
 
 
 @dataclass
@@ -57,6 +60,8 @@ class ServeRequest:
     return_samples: bool = False
     chat: bool = False
     model: str = ""
+    temperature: float | None = None       # None: the server config's
+    stop: tuple = ()                       # the returned texts are cut before the first of these
     extra: dict = field(default_factory=dict)
 
     def make_guidance(self):
@@ -75,6 +80,32 @@ def _int(body: dict, key: str, default, lo: int, hi: int | None, where: str = ""
     if value < lo or (hi is not None and value > hi):
         raise RequestError(422, f"{where}{key} must lie in [{lo}, {hi}] on this server, got {value}")
     return value
+
+
+def parse_guidance_arg(text: str):
+    """A guidance given on a command line: a class path (``guidance.EntRGi``), ``none``, or the JSON
+    of ``{"class_path": ..., "init_args": {...}}``."""
+    import json
+
+    text = text.strip()
+    if text.lower() in ("none", "null", ""):
+        return None
+    if not text.startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"the default guidance is not valid JSON ({exc.msg} at character {exc.pos}): {text[:200]}") \
+            from None
+
+
+def check_default_guidance(spec, limits: ServeLimits) -> dict | None:
+    """A server's (or evaluator's) default guidance, checked as a request's would be: ``RequestError``
+    becomes ``InputError`` (a configuration error, before the models load)."""
+    try:
+        return _guidance(spec, limits)
+    except RequestError as exc:
+        raise InputError(f"the default guidance: {exc.message}") from None
 
 
 def _guidance(spec, limits: ServeLimits) -> dict | None:
@@ -122,13 +153,24 @@ def _common(body: dict, prompt: str, limits: ServeLimits, *, chat: bool, config_
         raise RequestError(422, f"{EXTENSION}.steps ({steps}) must not exceed max_tokens ({max_tokens}): each step "
                                 "commits at least one token")
     seed = _int(body, "seed", 0, 0, None)
+    temperature = body.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 2):
+        raise RequestError(400, f"temperature must be a number in [0, 2], got {temperature!r}")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
+    if not isinstance(stop, list) or len(stop) > 16 or not all(isinstance(t, str) and t for t in stop):
+        raise RequestError(400, f"stop must be a non-empty string or a list of at most 16 of them, got "
+                                f"{body.get('stop')!r}"[:300])
     stream, samples = body.get("stream", False), ext.get("return_samples", False)
     for key, value in (("stream", stream), (f"{EXTENSION}.return_samples", samples)):
         if not isinstance(value, bool):
             raise RequestError(400, f"{key} must be true or false, got {value!r}")
+    guidance = _guidance(ext["guidance"], limits) if "guidance" in ext else limits.default_guidance
     return ServeRequest(prompt=prompt, max_tokens=max_tokens, num_samples=k, n=n, steps=steps, seed=seed,
-                        guidance=_guidance(ext.get("guidance"), limits), stream=stream, return_samples=samples,
-                        chat=chat, model=str(body.get("model", "")))
+                        guidance=guidance, stream=stream, return_samples=samples,
+                        chat=chat, model=str(body.get("model", "")),
+                        temperature=None if temperature is None else float(temperature), stop=tuple(stop))
 
 
 def parse_completion(body, limits: ServeLimits, config_steps: int = 32) -> ServeRequest:

@@ -2,13 +2,15 @@
 
     entrgi serve --config configs/tiny.yaml [--host 127.0.0.1] [--port 8000] [--max-batch-size 8]
                  [--batch-timeout 0.05] [--max-samples 16] [--max-steps 64] [--max-tokens 64]
-                 [--strategies guidance.EntRGi guidance.NoGuidance ...] [any entrgi predict override]
+                 [--strategies guidance.EntRGi guidance.NoGuidance ...] [--default-guidance guidance.EntRGi]
+                 [any entrgi predict override]
 
 Serves the configuration's diffusion LM, reward model and judges: ``POST /v1/completions`` and
 ``POST /v1/chat/completions`` (one user turn, through the model's chat template), ``GET
 /v1/models`` and ``GET /health``. A request names its guidance and sampler in the ``entrgi``
-extension field (``entrgi_core.serving.requests``); the server's flags set the defaults and the
-limits. Every request is checked in the HTTP process before it is queued (``OpenAIGate``): a
+extension field (``entrgi_core.serving.requests``; one that names none gets ``--default-guidance``,
+unguided unless set); the server's flags set the defaults and the limits. OpenAI's ``temperature``
+and ``stop`` are honoured (what ``lm_eval --model local-completions`` sends). Every request is checked in the HTTP process before it is queued (``OpenAIGate``): a
 malformed body or a setting out of the limits gets its 4xx and one line, and never reaches a
 batch. LitServe batches up to ``--max-batch-size`` queued requests (waiting at most
 ``--batch-timeout`` s); compatible ones run as one ``generate`` with a seed each, so a response
@@ -22,8 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
-from entrgi_core.serving.requests import ALLOWED, RequestError, ServeLimits, parse_chat, parse_completion
+from entrgi_core.serving.requests import (
+    ALLOWED,
+    RequestError,
+    ServeLimits,
+    check_default_guidance,
+    parse_chat,
+    parse_completion,
+    parse_guidance_arg,
+)
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 INTERNAL = "/v1/completions"            # the one LitAPI path both endpoints reach
@@ -196,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
     ap.add_argument("--default-samples", type=int, default=defaults.default_samples)
     ap.add_argument("--strategies", nargs="+", default=list(ALLOWED), help="the strategies requests may name")
+    ap.add_argument("--default-guidance", default=None, metavar="JSON",
+                    help="the guidance of a request that names none: a class path or "
+                         "'{\"class_path\": ..., \"init_args\": {...}}' (default: unguided, Best-of-N)")
     ap.add_argument("--graceful-timeout", type=float, default=300.0,
                     help="on SIGTERM, seconds in-flight requests may take to finish before the server stops")
     args, overrides = ap.parse_known_args(argv)
@@ -209,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     limits = ServeLimits(max_samples=args.max_samples, max_steps=args.max_steps, max_tokens=args.max_tokens,
                          max_prompt_chars=args.max_prompt_chars, strategies=tuple(args.strategies),
                          default_samples=min(args.default_samples, args.max_samples))
+    if args.default_guidance is not None:
+        limits = replace(limits, default_guidance=check_default_guidance(parse_guidance_arg(args.default_guidance),
+                                                                         limits))
     configs = args.config or ["configs/tiny.yaml"]
     config_args = [a for c in configs for a in ("--config", c)] + overrides
     if args.graceful_timeout < 0:
