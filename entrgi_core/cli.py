@@ -13,6 +13,8 @@ commands:
              (entrgi diagnose --config configs/tiny.yaml)
   serve      an OpenAI-compatible HTTP server (completions, chat) doing guided sampling, on LitServe
              (entrgi serve --config configs/tiny.yaml --port 8000; loopback by default)
+  eval       an lm-evaluation-harness run of a configuration: guided generation, ELBO likelihoods
+             (entrgi eval --config configs/tiny.yaml --tasks tinyworld_reviews)
 
 A configuration names the diffusion LM (dlm), the reward model (reward), the strategy (guidance),
 the sampler (sampling), the prompts (data), the judges and Lightning's trainer; see
@@ -32,6 +34,7 @@ COMMANDS = {
     "compare": ("entrgi_core.tools.compare", "main"),
     "diagnose": ("entrgi_core.tools.diagnose", "main"),
     "serve": ("entrgi_core.tools.serve", "main"),
+    "eval": ("entrgi_core.tools.evaluate", "main"),
 }
 PASS_COMMAND = {"predict", "fit"}            # LightningCLI reads its subcommand from the arguments
 
