@@ -88,6 +88,26 @@ def test_compare_and_diagnose_refuse_bad_input(capsys):
         assert done.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_seconds_can_come_from_a_quiet_timing_pass(tmp_path, capsys):
+    import json as _json
+
+    from entrgi_core.cli import main
+    from entrgi_core.tools.compare import timings
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    (quiet / "runs.jsonl").write_text("".join(_json.dumps({"label": label, "seed": seed, "seconds": s}) + "\n"
+                                              for label, seed, s in (("BoN K=4", 0, 2.0), ("BoN K=4", 1, 4.0),
+                                                                     ("EntRGi K=4 M=3", 0, 9.0))))
+    got = timings(quiet, ["BoN K=4", "EntRGi K=4 M=3"])
+    assert got["BoN K=4"] == pytest.approx((3.0, 1.0)) and got["EntRGi K=4 M=3"] == (9.0, 0.0)
+    with pytest.raises(SystemExit) as done:                   # a point it did not time: refused before any model loads
+        main(["compare", "--budgets", "4", "8", "--only", "Best-of-N", "--seconds-from", str(quiet)])
+    assert done.value.code == 2 and "has no timing of ['BoN K=8']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "--seconds-from", str(tmp_path / "none")])
+    assert "has no runs.jsonl" in capsys.readouterr().err
+
+
 def test_matched_compute_reads_each_curve_at_or_below_each_budget():
     from entrgi_core.tools.compare import matched
     rows = [dict(family="Best-of-N", label="BoN K=4", k=4, top1=0.5, forward_equivalents=129),

@@ -27,6 +27,9 @@ rewritten after every seed) and ``frontier.png`` (reward against
 cost, log scale), and ``frontier-<judge>.png`` read by each judge. With judges, a table (and plot
 panels) of each guided point's gain over Best-of-N at the same K under the guiding reward and
 under each judge, side by side; a judge that did not rise where the reward did is flagged "!".
+``--seconds-from DIR`` reads every point's seconds per prompt from another sweep's ``runs.jsonl``
+(the same labels, timed apart on a quiet machine, e.g. on fewer prompts) instead of this sweep's
+own: a long sweep that shared its machine keeps exact forward-equivalents and gets usable seconds.
 """
 from __future__ import annotations
 
@@ -395,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true",
                     help="start over in --out (by default a sweep resumes the points it finished there)")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--seconds-from", type=Path, default=None, metavar="DIR",
+                    help="take each point's seconds per prompt from the sweep in DIR (a quiet timing pass)")
     args, overrides = ap.parse_known_args(argv)
     for name in ("seeds", "budgets", "guided_k", "smc_k"):
         if any(v < (0 if name == "seeds" else 1) for v in getattr(args, name)):
@@ -417,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError(f"entrgi compare: --only {' '.join(args.only)} keeps no curve; the curves are: "
                              f"{', '.join(families)}")
     methods = [m.under(d) for d in args.decodings for m in methods]
+    if args.seconds_from is not None:                                # before the models load
+        args.timings = timings(args.seconds_from, [m.label for m in methods])
     configs = args.config or ["configs/tiny.yaml"]
     config_args = [a for c in configs for a in ("--config", c)] + overrides
     module, dm = load(config_args)
@@ -470,12 +477,32 @@ def _resume(out: Path, sweep: dict, overwrite: bool) -> dict:
     return {}
 
 
+def timings(folder: Path, labels: list[str]) -> dict:
+    """label -> (mean, SEM) over its seeds of the seconds per prompt in ``folder``'s runs.jsonl
+    (another sweep, timed apart); every label of ``labels`` must be there."""
+    path = folder / RUNS
+    if not path.is_file():
+        raise InputError(f"entrgi compare: --seconds-from {folder} has no {RUNS} (the folder of an entrgi compare run)")
+    by: dict = {}
+    for r in read_jsonl(path):
+        by.setdefault(r["label"], []).append(r["seconds"])
+    missing = [label for label in labels if label not in by]
+    if missing:
+        raise InputError(f"entrgi compare: --seconds-from {folder} has no timing of {missing}; time the same points "
+                         "there first")
+    return {label: mean_sem(values) for label, values in by.items()}
+
+
 def _report(args, runs, judges, model, reward, module, base, items) -> None:
     """frontier.json / .txt / .png (and one plot per judge) of the points measured so far."""
     rows, gain_rows = aggregate(runs), gains(runs)
     seeds = sorted({r["seed"] for r in runs})
     title = args.title or f"{getattr(model, 'name', '')} + {getattr(reward, 'name', '')}: {len(items)} prompts, " \
                           f"T={base.steps}, L={base.max_new_tokens}, seeds {seeds}"
+    if getattr(args, "timings", None):
+        for row in rows:
+            row["seconds"], row["seconds_sem"] = args.timings[row["label"]]
+        title += f"; seconds per prompt from {args.seconds_from}"
     if module.select is not None:
         title += f"; Top@1 selected by {module.select.name}"
     note = "judges only score the final responses: their work is evaluation, not in fwd-eq or seconds"
