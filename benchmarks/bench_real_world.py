@@ -8,7 +8,8 @@ One denoising step of EntRGi (M inner steps) on the real world's dLLM and reward
 most positions, N = prompts x samples x length), split into its parts, each timed alone
 (median of ``--repeats``): the dLLM's forward; per inner step, the hard samples (a top-p draw
 over V), the relaxation op's forward and backward (compiled, and the PyTorch reference), the
-reward model's forward and backward, and Adam on ``phi`` (N x V); the final draw. It then times
+reward model's forward and backward; Adam on ``phi`` (N x V: one optimiser over the M inner steps, as
+refine builds it); the final draw. It then times
 whole guided steps (``GatedGuidance.refine`` plus the draw) and prints each part's share of one,
 and the process's peak memory. The relaxation and the optimizer are the overhead of guidance;
 the dLLM's forward and the reward model's forward and backward are the irreducible part.
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     x_adam = phi0.clone().requires_grad_(True)
     g_adam = torch.randn_like(phi0)
 
-    def adam_on_phi():                    # the strategy's own optimiser, fresh state as in every step
-        x_adam.grad = g_adam
-        strategy._make_optimizer([x_adam]).step()
+    def adam_on_phi():                    # as refine runs it: one fresh optimiser (state allocated at its
+        opt = strategy._make_optimizer([x_adam])       # first step), then M steps
+        for _ in range(args.steps):
+            x_adam.grad = g_adam
+            opt.step()
 
     def final_draw():
         sample_tokens(phi0, u, temperature=cfg.temperature, top_p=cfg.top_p, confidence="entropy")
@@ -110,14 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     parts = {"dLLM forward": dllm_forward, "hard samples (one inner step)": hard_samples,
              "relaxation fwd+bwd, compiled (one)": relax(relax_embeddings),
              "relaxation fwd+bwd, PyTorch reference (one)": relax(relax_embeddings_reference),
-             "RM forward+backward (one)": rm_forward_backward, "Adam on phi (one)": adam_on_phi,
+             "RM forward+backward (one)": rm_forward_backward, "Adam on phi (M steps)": adam_on_phi,
              "final draw": final_draw}
     t = median_seconds(parts, repeats=args.repeats, device=dev)
     whole = median_seconds({"guided step": guided_step}, repeats=args.repeats, device=dev)["guided step"]
     m = args.steps
     per_step = {"dLLM forward": t["dLLM forward"], "hard samples": m * t["hard samples (one inner step)"],
                 "relaxation (compiled)": m * t["relaxation fwd+bwd, compiled (one)"],
-                "RM forward+backward": m * t["RM forward+backward (one)"], "Adam on phi": m * t["Adam on phi (one)"],
+                "RM forward+backward": m * t["RM forward+backward (one)"], "Adam on phi": t["Adam on phi (M steps)"],
                 "final draw": t["final draw"]}
     step_total = whole + t["dLLM forward"]
     print(f"one guided step on {dev}: EntRGi M={m}, {args.prompts} prompts x K={args.samples}, L={args.length}: "
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                      ("hard samples (top-p over V)", "hard samples (one inner step)", m, "hard samples"),
                      ("relaxation fwd+bwd (compiled)", "relaxation fwd+bwd, compiled (one)", m, "relaxation (compiled)"),
                      ("RM forward+backward", "RM forward+backward (one)", m, "RM forward+backward"),
-                     ("Adam on phi (N x V)", "Adam on phi (one)", m, "Adam on phi"),
+                     ("Adam on phi (N x V), M steps", "Adam on phi (M steps)", 1, "Adam on phi"),
                      ("final draw", "final draw", 1, "final draw"))])
     print(f"relaxation fwd+bwd, PyTorch reference (one): {t['relaxation fwd+bwd, PyTorch reference (one)']:.3f} s "
           f"(compiled {t['relaxation fwd+bwd, compiled (one)']:.3f} s)")
