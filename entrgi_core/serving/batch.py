@@ -37,17 +37,17 @@ def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=()
                     judges=list(judges) or None, select=select)
 
 
-def cut(text: str, stop: tuple) -> tuple[str, bool]:
-    """``text`` up to the earliest of the ``stop`` strings, and whether one was found."""
-    at = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return (text[:at], True) if at >= 0 else (text, False)
+def cut(text: str, stop: tuple) -> str:
+    """``text`` up to the earliest of the ``stop`` strings (all of it when none occurs)."""
+    at = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:at]
 
 
 def respond(request: ServeRequest, res, b: int, model_name: str, count_tokens=None) -> dict:
     """The OpenAI response to ``request``, prompt ``b`` of ``res``: its ``n`` best samples as choices
     (Top@1 first), and an ``entrgi`` object with the reward, the judges' scores, tokens per forward
     and the compute account (the samples too, with ``return_samples``)."""
-    texts = [cut(t, request.stop)[0] for t in res.texts[b]]
+    texts = [cut(t, request.stop) for t in res.texts[b]]
     if res.rewards is not None:
         order = sorted(range(len(texts)), key=lambda i: (-float(res.rewards[b, i]), i))
         order.remove(int(res.best_index[b]))
