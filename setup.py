@@ -41,7 +41,10 @@ def extensions():
     with_cuda, why = cuda_decision(torch, CUDA_HOME)
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fopenmp: at::parallel_for is inline OpenMP code, serial unless the extension enables it.
-    cxx = opt + ["-fopenmp", f'-DENTRGI_VERSION="{VERSION}"']
+    # -fno-trapping-math: lets GCC if-convert the row loops' selects (relax_cpu.cpp), without which
+    # every clone of them runs scalar; it changes no value (no reassociation, same rounding), only
+    # whether a floating-point exception flag may be raised by a lane whose result is dropped.
+    cxx = opt + ["-fopenmp", "-fno-trapping-math", f'-DENTRGI_VERSION="{VERSION}"']
     link = ["-fopenmp"]
     sources = ["csrc/relax.cpp", "csrc/relax_cpu.cpp"]
     if not with_cuda:

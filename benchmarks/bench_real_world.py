@@ -1,7 +1,7 @@
 """Where one guided step's time goes at a real vocabulary (the real world: V = 30,522).
 
     python benchmarks/bench_real_world.py [--prompts 8] [--samples 4] [--length 32] [--steps 3]
-                                          [--repeats 3] [--device cpu]
+                                          [--repeats 3] [--device cpu] [--system-malloc]
 
 One denoising step of EntRGi (M inner steps) on the real world's dLLM and reward model
 (``make real-world`` builds them), every position of the response masked (the step with the
@@ -13,7 +13,9 @@ refine builds it); the final draw. It then times
 whole guided steps (``GatedGuidance.refine`` plus the draw) and prints each part's share of one,
 and the process's peak memory. The relaxation and the optimizer are the overhead of guidance;
 the dLLM's forward and the reward model's forward and backward are the irreducible part.
-The peak memory is that of one guided step above what was live before it.
+The peak memory is that of one guided step above what was live before it. Like the ``entrgi``
+command, the bench first keeps freed large buffers in the heap (``entrgi_core.allocator``);
+``--system-malloc`` leaves glibc's default (every N x V buffer faulted in afresh).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import median_seconds, peak_extra_bytes, print_table  # noqa: E402
 
 from entrgi_core import DenoiseConfig, realworld  # noqa: E402
+from entrgi_core.allocator import keep_freed_memory  # noqa: E402
 from entrgi_core.contract import GuidanceStep, Sampling  # noqa: E402
 from entrgi_core.draws import sample_tokens  # noqa: E402
 from entrgi_core.ops import extension_available, relax_embeddings, relax_embeddings_reference  # noqa: E402
@@ -45,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3, help="M inner steps")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator at its defaults")
     args = ap.parse_args(argv)
+    heap = "glibc's defaults (--system-malloc)" if args.system_malloc else keep_freed_memory()
     dev = args.device
     dlm, rm = realworld.WorldLM(), realworld.WorldRM()
     dlm.model.to(dev)
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     step_total = whole + t["dLLM forward"]
     print(f"one guided step on {dev}: EntRGi M={m}, {args.prompts} prompts x K={args.samples}, L={args.length}: "
           f"N={n} masked positions, V={v}, D={table.shape[1]}; compiled op: {extension_available()}; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; allocator: {heap}")
     print_table(["part", "s (one)", "x per step", "s per step", "share of the step"],
                 [[name, f"{t[key]:.3f}", str(times), f"{per_step[label]:.3f}", f"{per_step[label] / step_total:.0%}"]
                  for name, key, times, label in (
@@ -138,9 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"relaxation fwd+bwd, PyTorch reference (one): {t['relaxation fwd+bwd, PyTorch reference (one)']:.3f} s "
           f"(compiled {t['relaxation fwd+bwd, compiled (one)']:.3f} s)")
     overhead = per_step["relaxation (compiled)"] + per_step["Adam on phi"]
+    parts = sum(per_step.values())
     print(f"whole guided step (refine + draw) {whole:.3f} s + dLLM forward {t['dLLM forward']:.3f} s = "
           f"{step_total:.3f} s; relaxation + Adam on phi: {overhead:.3f} s = {overhead / step_total:.0%} of it "
-          f"(target <= 25%); the parts above add up to {sum(per_step.values()):.3f} s")
+          f"(target <= 25%); the parts above add up to {parts:.3f} s, of which it is {overhead / parts:.0%}")
     peak = peak_extra_bytes(guided_step, device=dev)
     print(f"peak memory of one guided step above what was live: {peak / 2**20:.0f} MiB "
           f"(phi alone, N x V float32: {n * v * 4 / 2**20:.0f} MiB)")

@@ -19,8 +19,8 @@
 #include "relax.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-// One AVX2/FMA clone and a baseline clone of the float32 row loops, picked at load time.
-#define ENTRGI_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// AVX-512, AVX2/FMA and baseline clones of the float32 row loops, picked at load time.
+#define ENTRGI_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define ENTRGI_CLONES
 #endif
@@ -30,9 +30,10 @@ namespace {
 
 // exp(x) for x <= 0 in float32 (Cephes polynomial, ~1 ulp), written so that it vectorises.
 // Returns exactly 0 below -87 (and for -inf), where float32 exp underflows anyway, and NaN for NaN
-// (fmax drops the NaN, so the integer conversion below never sees one).
+// (the clamp is a select, false for NaN, so the integer conversion below never sees one; std::fmax
+// would do the same but compiles to a call to fmaxf, which keeps the loops that inline this scalar).
 __attribute__((always_inline)) inline float exp_nonpos(float x) {
-  const float xc = std::fmax(x, -87.0f);
+  const float xc = x > -87.0f ? x : -87.0f;
   const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;

@@ -19,7 +19,8 @@ commands:
 A configuration names the diffusion LM (dlm), the reward model (reward), the strategy (guidance),
 the sampler (sampling), the prompts (data), the judges and Lightning's trainer; see
 docs/cli.md. Bad input ends with one line on stderr and exit status 2 (ENTRGI_DEBUG=1 shows the
-traceback).
+traceback). Every command keeps freed large buffers in the heap for reuse (entrgi_core.allocator;
+ENTRGI_KEEP_FREED_MEMORY=0 turns that off).
 """
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ def main(args: list[str] | None = None) -> None:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"entrgi: error: unknown command {argv[0]!r}.{hint} The commands are: {', '.join(COMMANDS)} "
               "(entrgi --help says what each does)", file=sys.stderr)
+        sys.exit(2)
+    from entrgi_core.allocator import keep_freed_memory
+
+    try:
+        keep_freed_memory()                      # reuse freed N x V buffers (ENTRGI_KEEP_FREED_MEMORY=0: off)
+    except ValueError as exc:
+        print(f"entrgi: error: {exc}", file=sys.stderr)
         sys.exit(2)
     import warnings
 

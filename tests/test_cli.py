@@ -3,6 +3,7 @@ processes."""
 import json
 import re
 import socket
+import sys
 
 import pytest
 import yaml
@@ -321,3 +322,53 @@ def test_predict_with_a_baseline_summarises_the_gain_over_best_of_n(cli_config, 
     assert all(r["gain_over_best_of_n"]["reward"] == pytest.approx(r["best_reward"] - r["best_of_n"]["reward"])
                for r in recs)
     assert summary["config"]["baseline"] is True
+
+
+# ----------------------------------------------------------------------------- the allocator setting
+
+_MALLINFO = """
+import ctypes, os, sys
+from entrgi_core.allocator import keep_freed_memory
+print(keep_freed_memory())
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype, libc.malloc.argtypes = Info, ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(256 << 20)                  # 256 MiB, as a large N x V buffer
+print("MMAPPED", libc.mallinfo2().hblkhd - before >= 256 << 20)
+libc.free(block)
+print("KEPT", libc.mallinfo2().arena >= 256 << 20)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_can_be_turned_off():
+    import os as _os
+    import subprocess
+    runs = {}
+    for value in ("1", "0"):
+        env = dict(_os.environ, ENTRGI_KEEP_FREED_MEMORY=value)
+        out = subprocess.run([sys.executable, "-c", _MALLINFO], capture_output=True, text=True, cwd=ROOT,
+                             env=env, check=True).stdout.splitlines()
+        runs[value] = out
+    said, mmapped, kept = runs["1"]
+    assert said.startswith("glibc keeps freed blocks up to 1024 MiB") and mmapped == "MMAPPED False" and kept == "KEPT True"
+    said, mmapped, kept = runs["0"]
+    assert said == "not set: ENTRGI_KEEP_FREED_MEMORY=0" and mmapped == "MMAPPED True" and kept == "KEPT False"
+
+
+def test_keep_freed_memory_refuses_a_bad_setting_before_any_work(cli_config, monkeypatch, capsys):
+    from entrgi_core import allocator
+    monkeypatch.setenv("ENTRGI_KEEP_FREED_MEMORY", "yes")
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *a, **k: pytest.fail("mallopt called on a bad setting"))
+    with pytest.raises(ValueError, match="ENTRGI_KEEP_FREED_MEMORY must be 0 .* or 1 .*, got 'yes'"):
+        allocator.keep_freed_memory()
+    code, err = predict(cli_config)
+    lines = [ln for ln in err.splitlines() if ln.startswith("entrgi: error")]
+    assert code == 2 and len(lines) == 1 and "ENTRGI_KEEP_FREED_MEMORY must be 0" in lines[0], err
+    monkeypatch.setenv("ENTRGI_KEEP_FREED_MEMORY", "0")
+    assert allocator.keep_freed_memory() == "not set: ENTRGI_KEEP_FREED_MEMORY=0"      # and no mallopt call
