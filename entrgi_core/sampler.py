@@ -36,7 +36,7 @@ SAMPLE_CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy", "low_confidence"
 
 def generate(model, prompts: list[str], *, reward=None, guidance=None, config: DenoiseConfig | None = None,
              prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None,
-             baseline: bool = False, seeds: list[int] | None = None) -> GenerationResult:
+             baseline: bool = False, seeds: list[int] | None = None, on_step=None) -> GenerationResult:
     """K responses for each prompt, guided by ``reward`` through ``guidance`` (None: unguided).
 
     ``select`` picks Top@1 (default: the reward); ``judges`` only score the final responses
@@ -48,11 +48,24 @@ def generate(model, prompts: list[str], *, reward=None, guidance=None, config: D
     requests with different seeds share one batch. ``baseline`` also runs Best-of-N at the same K and seeds (its compute is reported apart,
     never added to this run's) and gives each prompt's gain over it under the reward and under each
     judge (``GenerationResult.gains``).
+
+    ``on_step(index, tokens)`` is called after each denoising step with the canvas' responses
+    ``tokens`` (B, K, L) on the model's device, still-masked positions holding the mask id (a view,
+    valid during the call: copy what you keep). Whatever it raises stops the generation and
+    propagates (a server stops a request whose client left). Not offered by models that run their
+    own loop (``OwnLoopLM``), nor with ``baseline``.
     """
     plan = Plan.check(model, reward, guidance, config, select=select, judges=judges)
+    if on_step is not None:
+        if not callable(on_step):
+            raise InputError(f"generate: on_step must be callable (index, tokens), got {type(on_step).__name__}")
+        if isinstance(model, OwnLoopLM):
+            raise InputError(f"generate: on_step needs entrgi's sampler, and {type(model).__name__} runs its own loop")
+        if baseline:
+            raise InputError("generate: on_step cannot be combined with baseline (two generations would report steps)")
     baseline_plan = best_of_n_plan(plan) if baseline else None
     batch = plan.batch(prompts, prompt_ids, seeds=seeds)
-    res = run(plan, batch, diagnose=diagnose)
+    res = run(plan, batch, diagnose=diagnose, on_step=on_step)
     return with_baseline(res, run(baseline_plan, batch)) if baseline else res
 
 
@@ -77,13 +90,13 @@ def with_baseline(res: GenerationResult, bon: GenerationResult) -> GenerationRes
     return res
 
 
-def run(plan: Plan, batch: Batch, *, diagnose: bool = False) -> GenerationResult:
-    """One generation of a checked ``plan`` over a checked ``batch``."""
+def run(plan: Plan, batch: Batch, *, diagnose: bool = False, on_step=None) -> GenerationResult:
+    """One generation of a checked ``plan`` over a checked ``batch`` (``on_step``: see ``generate``)."""
     started = time.perf_counter()
     if isinstance(plan.model, OwnLoopLM):
         rollout = plan.model.sample(plan, batch, diagnose=diagnose)
     else:
-        rollout = denoise(plan, batch, diagnose=diagnose)
+        rollout = denoise(plan, batch, diagnose=diagnose, on_step=on_step)
     return finish(plan, batch, rollout, started)
 
 
@@ -112,13 +125,16 @@ class Rows:
         return self.ids[:, self.width:]            # (R, L) view
 
 
-def denoise(plan: Plan, batch: Batch, *, diagnose: bool = False) -> Rollout:
+def denoise(plan: Plan, batch: Batch, *, diagnose: bool = False, on_step=None) -> Rollout:
     """entrgi's masked sampler over all rows of ``batch``: at most ``config.steps`` steps, fewer
-    when a parallel schedule leaves nothing masked earlier."""
+    when a parallel schedule leaves nothing masked earlier. ``on_step(index, tokens)`` after each."""
     rows = start(plan, batch)
+    k, length = plan.config.num_samples, plan.config.max_new_tokens
     for index in range(plan.config.steps):
         if not step(plan, rows, index, diagnose=diagnose):
             break
+        if on_step is not None:
+            on_step(index, rows.response.view(len(batch), k, length))
     return rollout(plan, batch, rows, diagnose=diagnose)
 
 

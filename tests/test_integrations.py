@@ -254,6 +254,8 @@ def test_generate_runs_diffusion_gemma_through_its_own_loop(gemma_path, world_rm
     assert c["dlm_forwards"] == 3 * 8 * 2                                  # K x steps x 2 canvases
     assert c["rm_backwards"] == 3 * 8 * 2 * 2 and c["rm_forwards"] == c["rm_backwards"]
     assert c["select_calls"] == 3                                          # Top@1 of the 3 responses
+    with pytest.raises(ValueError, match="on_step needs entrgi's sampler, and DiffusionGemmaLM runs its own loop"):
+        generate(model, PROMPTS[:1], reward=world_rm, config=cfg, on_step=lambda index, tokens: None)
 
 
 def test_diffusion_gemma_adapter_errors(gemma_path, world_rm, tiny_dlm_path):

@@ -3,7 +3,7 @@ compute account, diagnostics, and bad input refused before any model compute."""
 import pytest
 import torch
 
-from entrgi_core import DenoiseConfig, MaskedLM, NonFiniteLogitsError, generate
+from entrgi_core import DenoiseConfig, InputError, MaskedLM, NonFiniteLogitsError, generate
 from entrgi_core.models import DiffusionLM
 from guidance import EntRGi
 from rewards import HFRewardModel
@@ -263,3 +263,33 @@ def test_bad_per_prompt_seeds(dlm):
         generate(dlm, PROMPTS, config=SMALL, seeds=[1, 2])
     with pytest.raises(InputError, match="generate: each of seeds must be an integer >= 0, got -1"):
         generate(dlm, PROMPTS, config=SMALL, seeds=[1, 2, -1])
+
+
+def test_on_step_sees_each_steps_canvas_and_can_stop_the_generation(dlm, rm):
+    seen = []
+
+    def on_step(index, tokens):
+        seen.append((index, tokens.clone()))
+
+    res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL, on_step=on_step)
+    plain = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL)
+    assert torch.equal(res.tokens, plain.tokens)                      # watching changes nothing
+    assert [i for i, _ in seen] == list(range(SMALL.steps))
+    assert all(t.shape == (2, SMALL.num_samples, SMALL.max_new_tokens) for _, t in seen)
+    masked = [int((t == dlm.mask_id).sum()) for _, t in seen]
+    assert masked == sorted(masked, reverse=True) and masked[0] > 0 and masked[-1] == 0
+    assert torch.equal(seen[-1][1].cpu(), res.tokens)                # the last canvas is the result
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(index, tokens):
+        if index == 1:
+            raise Stop(index)
+
+    with pytest.raises(Stop):
+        generate(dlm, PROMPTS[:1], config=SMALL, on_step=stop_after_one)
+    with pytest.raises(InputError, match="on_step must be callable"):
+        generate(dlm, PROMPTS[:1], config=SMALL, on_step=3)
+    with pytest.raises(InputError, match="on_step cannot be combined with baseline"):
+        generate(dlm, PROMPTS[:1], reward=rm, guidance=EntRGi(steps=1), config=SMALL, on_step=on_step, baseline=True)

@@ -184,7 +184,8 @@ def server(cli_config):
 def test_the_openai_client_gets_what_generate_gives(server, cli_config):
     server, _ = server
     """The `openai` client (nobody here wrote it) against `entrgi serve`: completions and chat, guided
-    and unguided, equal generate's Top@1 for the same seed and settings; a bad request is its 4xx."""
+    and unguided, streamed and not, equal generate's Top@1 for the same seed and settings; a bad
+    request is its 4xx."""
     import json as _json
     import urllib.error
     import urllib.request
@@ -213,6 +214,14 @@ def test_the_openai_client_gets_what_generate_gives(server, cli_config):
             assert text == alone.texts[0][int(alone.best_index[0])]
             assert reply.model_extra["entrgi"]["reward"] == pytest.approx(float(alone.best_reward[0]), abs=1e-5)
             assert reply.model_extra["entrgi"]["guidance"] == strategy
+        stream = client.completions.create(model=dlm.name, prompt=PROMPTS[0], max_tokens=8, seed=5, stream=True,
+                                           extra_body={"entrgi": ext})
+        chunks = list(stream)
+        assert [c.model_extra["entrgi"]["step"] for c in chunks[:-1]] == [0, 1, 2, 3]   # one event per step
+        assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text      # the same answer
+        chat_stream = client.chat.completions.create(model=dlm.name, messages=[{"role": "user", "content": PROMPTS[1]}],
+                                                     max_tokens=8, seed=6, stream=True, extra_body={"entrgi": ext})
+        assert "".join(c.choices[0].delta.content or "" for c in chat_stream) == chat.choices[0].message.content
     with pytest.raises(openai.UnprocessableEntityError, match="entrgi.num_samples must lie in"):
         client.completions.create(model=dlm.name, prompt=PROMPTS[0], max_tokens=8, extra_body={"entrgi": {"num_samples": 99}})
     request = urllib.request.Request(server + "/v1/completions", data=b"{not json", method="POST")
@@ -251,3 +260,201 @@ def test_sigterm_lets_an_in_flight_request_finish_then_everything_exits(server):
     assert answer.get("status") == 200 and answer["body"]["choices"][0]["text"] is not None
     assert answer["done"] > terminated                # it was answered after the SIGTERM
     assert proc.wait(timeout=120) is not None
+
+
+# ----------------------------------------------------------------------------- streaming and clients that leave
+
+def lines_of(outputs, i):
+    """Request i's non-empty lines from answer()'s output, parsed."""
+    import json as _json
+    return [_json.loads(line) for out in outputs for line in [out[i]] if line]
+
+
+def test_answer_streams_each_steps_canvas_and_ends_with_what_respond_gives(dlm, rm):
+    from entrgi_core.serving.batch import answer
+    g = {"guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": 1}}}
+    streamed = parse_completion(body(stream=True, entrgi={"num_samples": 2, "steps": 4, **g}), LIMITS)
+    plain = parse_completion(body(prompt=PROMPTS[1], seed=7, entrgi={"num_samples": 2, "steps": 4, **g}), LIMITS)
+    outputs = list(answer(dlm, rm, BASE, [streamed, plain], name="tiny"))
+    steps, (final,) = lines_of(outputs, 0)[:-1], lines_of(outputs, 0)[-1:]
+    assert [e["step"] for e in steps] == [0, 1, 2, 3] and all(e["total"] == 4 for e in steps)
+    assert all(len(e["canvas"]) == 2 for e in steps)
+    masks = [sum(c.count("[MASK]") for c in e["canvas"]) for e in steps]
+    assert masks == sorted(masks, reverse=True) and masks[0] > 0 and masks[-1] == 0
+    assert lines_of(outputs, 1) == [lines_of(outputs, 1)[-1]] and "final" in lines_of(outputs, 1)[0]  # no steps
+    res = run_requests(dlm, rm, BASE, [streamed, plain])
+    for i, req in enumerate((streamed, plain)):
+        got = lines_of(outputs, i)[-1]["final"]
+        want = respond(req, res, i, "tiny")
+        assert got["choices"] == want["choices"] and got["entrgi"]["reward"] == want["entrgi"]["reward"]
+    assert [c.split() for c in steps[-1]["canvas"]] == [t.split() for t in res.texts[0]]
+
+
+class MarkedAfter:
+    """Cancellations whose every request counts as gone after ``n`` reads."""
+
+    def __init__(self, n):
+        self.n, self.reads, self.cleared = n, 0, []
+
+    def gone(self, rid):
+        self.reads += 1
+        return self.reads > self.n
+
+    def clear(self, rid):
+        self.cleared.append(rid)
+
+
+def test_a_client_that_leaves_stops_its_generate_and_a_queued_one_is_dropped(dlm, rm, tmp_path):
+    from entrgi_core.serving.batch import answer
+    from entrgi_core.serving.cancel import Cancellations
+    req = replace(parse_completion(body(stream=True), LIMITS), rid="a" * 32)
+    said = []
+    outputs = list(answer(dlm, rm, BASE, [req], name="tiny", cancels=MarkedAfter(3), log=said.append))
+    events = lines_of(outputs, 0)
+    assert [e["step"] for e in events[:-1]] == [0, 1] and events[-1] == {"error": [499, "the client disconnected"]}
+    assert said == ["stopped a generate of 1 request(s) after step 3 of 4: every client disconnected"]
+    cancels = Cancellations(tmp_path)
+    other = replace(parse_completion(body(seed=9), LIMITS), rid="b" * 32)
+    cancels.mark(req.rid)
+    said.clear()
+    outputs = list(answer(dlm, rm, BASE, [req, other], name="tiny", cancels=cancels, log=said.append))
+    assert lines_of(outputs, 0) == [{"error": [499, "the client disconnected"]}]
+    assert "final" in lines_of(outputs, 1)[-1]                        # its batch mate is answered
+    assert said == ["dropped 1 queued request(s) whose clients disconnected"]
+    assert not list(tmp_path.iterdir())                               # every mark was read and removed
+    with pytest.raises(ValueError, match="32 lowercase hex digits"):
+        cancels.mark("../x")
+
+
+def _asgi(app, body_bytes, *, leave=False):
+    """Run the ASGI ``app`` on one POST to /v1/completions; return (status, headers, body) as the
+    client sees them. ``leave``: the client disconnects once the request is sent."""
+    import asyncio
+
+    sent = []
+
+    async def main():
+        queue = asyncio.Queue()
+        await queue.put({"type": "http.request", "body": body_bytes, "more_body": False})
+        if leave:
+            await queue.put({"type": "http.disconnect"})
+
+        async def receive():
+            return await queue.get()
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": []}
+        await app(scope, receive, send)
+
+    asyncio.run(main())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def worker(*lines, status=200):
+    """An inner ASGI app that answers like LitServe's streaming response with ``lines``."""
+    async def app(scope, receive, send):
+        message = await receive()
+        assert message["type"] == "http.request" and b"_entrgi_id" in message["body"]
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        for line in lines:
+            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return app
+
+
+def test_the_gate_collapses_a_stream_or_sends_events_and_keeps_error_statuses(tmp_path):
+    import json as _json
+
+    from entrgi_core.serving import events
+    from entrgi_core.tools.serve import OpenAIGate
+    final = {"id": "x", "object": "text_completion", "created": 1, "model": "tiny",
+             "choices": [{"index": 0, "text": "good", "finish_reason": "stop", "logprobs": None},
+                         {"index": 1, "text": "fine", "finish_reason": "stop", "logprobs": None}],
+             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}, "entrgi": {"reward": 0.5}}
+    lines = [events.step_line(0, 2, ["[MASK] good", "[MASK] fine"]), events.step_line(1, 2, ["good", "fine"]),
+             events.final_line(final)]
+    gate = lambda app: OpenAIGate(app, limits=LIMITS, config_steps=4)            # noqa: E731
+    status, headers, data = _asgi(gate(worker(*lines)), _json.dumps(body()).encode())
+    got = _json.loads(data)
+    assert status == 200 and headers[b"content-type"] == b"application/json"
+    assert got["choices"] == final["choices"] and got["id"].startswith("cmpl-")
+    status, headers, data = _asgi(gate(worker(*lines)), _json.dumps(body(stream=True)).encode())
+    chunks = [c[len("data: "):] for c in data.decode().split("\n\n") if c]
+    assert status == 200 and headers[b"content-type"] == b"text/event-stream" and chunks[-1] == "[DONE]"
+    parsed = [_json.loads(c) for c in chunks[:-1]]
+    assert [p["entrgi"].get("step") for p in parsed[:2]] == [0, 1] and all(p["choices"][0]["text"] == "" for p in parsed[:2])
+    assert [p["choices"][0]["text"] for p in parsed[2:]] == ["good", "fine"] and parsed[2]["usage"]["total_tokens"] == 3
+    assert len({p["id"] for p in parsed}) == 1
+    status, _, data = _asgi(gate(worker(events.error_line(422, "InputError: bad"))), _json.dumps(body()).encode())
+    assert status == 422 and _json.loads(data)["error"]["message"] == "InputError: bad"
+    status, _, data = _asgi(gate(worker(lines[0], events.error_line(500, "RuntimeError: boom"))),
+                            _json.dumps(body(stream=True)).encode())
+    assert status == 200 and data.decode().rstrip().endswith('"code": 500}}')          # an error event ends it
+    status, _, data = _asgi(gate(worker(lines[0])), _json.dumps(body()).encode())
+    assert status == 500 and "ended without an answer" in _json.loads(data)["error"]["message"]
+    status, _, data = _asgi(gate(worker('{"detail": "Request timed out"}', status=504)), _json.dumps(body()).encode())
+    assert status == 504 and b"timed out" in data                                   # LitServe's own failure
+    refuse = OpenAIGate(worker(*lines), limits=LIMITS, config_steps=4, streams="Gemma runs its own loop")
+    status, _, data = _asgi(refuse, _json.dumps(body(stream=True)).encode())
+    assert status == 422 and "stream: true is not available: Gemma runs its own loop" in data.decode()
+
+
+def test_the_gate_marks_a_request_whose_client_left(tmp_path):
+    import asyncio
+    import json as _json
+
+    from entrgi_core.serving.cancel import Cancellations
+    from entrgi_core.tools.serve import OpenAIGate
+    cancels = Cancellations(tmp_path)
+    seen = {}
+
+    async def slow_worker(scope, receive, send):          # waits for the disconnect, as Starlette's stream does
+        seen["rid"] = _json.loads((await receive())["body"])["_entrgi_id"]
+        assert (await receive())["type"] == "http.disconnect"
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    _asgi(OpenAIGate(slow_worker, limits=LIMITS, config_steps=4, cancels=cancels),
+          _json.dumps(body()).encode(), leave=True)
+    assert cancels.gone(seen["rid"])
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_frees_its_slot(server):
+    """A long guided request whose client leaves after a second is stopped at its next step (the
+    server says so), and the next request does not wait for it."""
+    import json as _json
+    import socket
+    import time
+    import urllib.request
+    from urllib.parse import urlparse
+
+    url, proc = server
+    long = _json.dumps({"prompt": PROMPTS[0], "max_tokens": 32, "seed": 1,
+                        "entrgi": {"num_samples": 16, "steps": 32,
+                                   "guidance": {"class_path": "guidance.EntRGi", "init_args": {"steps": 3}}}}).encode()
+    short = _json.dumps({"prompt": PROMPTS[1], "max_tokens": 8, "entrgi": {"steps": 4}}).encode()
+
+    def post(data):
+        with urllib.request.urlopen(urllib.request.Request(url + "/v1/completions", data=data, method="POST"),
+                                    timeout=300) as r:
+            return _json.loads(r.read())
+
+    started = time.perf_counter()
+    post(long)
+    alone = time.perf_counter() - started                     # what the long request takes, start to end
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(long)).encode() + b"\r\n\r\n" + long)
+        time.sleep(min(1.0, alone / 4))
+    started = time.perf_counter()
+    assert post(short)["choices"][0]["text"] is not None
+    assert time.perf_counter() - started < alone / 2, "the next request waited for the abandoned one"
+    proc.terminate()
+    proc.wait(timeout=120)
+    assert "stopped a generate of 1 request(s) after step" in proc.stderr.read()

@@ -1,5 +1,10 @@
 """Run compatible ``ServeRequest`` objects as one ``generate`` and build OpenAI responses.
 
+``answer`` is what a server worker runs on a batch of requests: it groups them, runs each group,
+and yields the lines of ``entrgi_core.serving.events`` (steps for streaming requests, then each
+request's answer), dropping requests whose clients left and stopping a generate all of whose
+clients left.
+
 Requests are compatible when they share everything but the prompt, the seed and the stop strings
 (K, steps, length, temperature, guidance): each then runs as prompt id 0 with its own seed (``generate(seeds=...)``), so
 its result is exactly ``generate(model, [prompt], config=replace(config, seed=seed, ...))``, whatever
@@ -8,10 +13,14 @@ it was batched with.
 from __future__ import annotations
 
 import json
+import queue
+import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
 
+from entrgi_core.serving import events
 from entrgi_core.serving.requests import ServeRequest
 
 
@@ -21,9 +30,9 @@ def compatible(request: ServeRequest) -> tuple:
             json.dumps(request.guidance, sort_keys=True))
 
 
-def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=(), select=None):
+def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=(), select=None, on_step=None):
     """One ``generate`` over compatible ``requests`` (``compatible`` equal for all); returns its result,
-    prompt b being request b."""
+    prompt b being request b (``on_step``: ``generate``'s)."""
     from entrgi_core.sampler import generate
 
     if len({compatible(r) for r in requests}) != 1:
@@ -34,7 +43,95 @@ def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=()
         config = replace(config, temperature=first.temperature)
     return generate(model, [r.prompt for r in requests], reward=reward, guidance=first.make_guidance(),
                     config=config, prompt_ids=[0] * len(requests), seeds=[r.seed for r in requests],
-                    judges=list(judges) or None, select=select)
+                    judges=list(judges) or None, select=select, on_step=on_step)
+
+
+class ClientsLeft(Exception):
+    """Raised from ``on_step`` to stop a generate whose every client has disconnected."""
+
+
+def answer(model, reward, base, requests: list[ServeRequest], *, name: str, judges=(), select=None,
+           cancels=None, log=None):
+    """Run ``requests`` (a worker's batch) and yield, each time, one line per request (``""`` for a
+    request with nothing to send): step lines for streaming requests, then every request's final or
+    error line. Compatible requests share one ``generate``; a request whose client left
+    (``cancels``, a ``Cancellations``) before its group starts is dropped, and a generate all of
+    whose clients left stops after its current step. ``log`` (default: stderr) gets one line each
+    time work is dropped or stopped."""
+    from entrgi_core.errors import InputError
+
+    say = log or (lambda line: print(f"[entrgi serve] {line}", file=sys.stderr, flush=True))
+    gone = (lambda r: cancels.gone(r.rid)) if cancels is not None else (lambda r: False)
+    blank = [""] * len(requests)
+    groups: dict = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(compatible(r), []).append(i)
+    for members in groups.values():
+        live = [i for i in members if not gone(requests[i])]
+        if len(live) < len(members):
+            say(f"dropped {len(members) - len(live)} queued request(s) whose clients disconnected")
+            out = list(blank)
+            for i in set(members) - set(live):
+                out[i] = events.error_line(499, "the client disconnected")
+            yield out
+        if cancels is not None:                # marks of dropped requests are read; the rest after their run
+            for i in set(members) - set(live):
+                cancels.clear(requests[i].rid)
+        if not live:
+            continue
+        group = [requests[i] for i in live]
+        streaming = [j for j, r in enumerate(group) if r.stream]
+        lines: queue.Queue = queue.Queue()
+
+        def on_step(index, tokens, group=group, streaming=streaming, lines=lines):
+            if cancels is not None and all(gone(r) for r in group):
+                raise ClientsLeft(index)
+            if streaming:
+                rows = tokens[streaming].cpu().tolist()                    # (S, K, L)
+                lines.put(("step", index, {j: [events.canvas_text(model, ids) for ids in rows[s]]
+                                           for s, j in enumerate(streaming)}))
+
+        def work(group=group, lines=lines, on_step=on_step):
+            try:
+                lines.put(("done", run_requests(model, reward, base, group, judges=judges, select=select,
+                                                on_step=on_step)))
+            except BaseException as exc:          # the group fails alone; the caller answers it
+                lines.put(("failed", exc))
+
+        thread = threading.Thread(target=work, name="entrgi-generate", daemon=True)
+        thread.start()
+        while True:
+            kind, *payload = lines.get()
+            out = list(blank)
+            if kind == "step":
+                index, canvases = payload
+                for j, canvas in canvases.items():
+                    out[live[j]] = events.step_line(index, group[j].steps, canvas)
+                yield out
+                continue
+            if kind == "done":
+                (res,) = payload
+                for j, i in enumerate(live):
+                    response = respond(group[j], res, j, name)
+                    response["entrgi"]["batch"] = {"requests": len(requests), "generate": len(live)}
+                    out[i] = events.final_line(response)
+            else:
+                (exc,) = payload
+                if isinstance(exc, ClientsLeft):
+                    say(f"stopped a generate of {len(live)} request(s) after step {exc.args[0] + 1} of "
+                        f"{group[0].steps}: every client disconnected")
+                    status, message = 499, "the client disconnected"
+                else:
+                    status = 422 if isinstance(exc, InputError) else 500
+                    message = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                for i in live:
+                    out[i] = events.error_line(status, message)
+            thread.join()
+            yield out
+            break
+        if cancels is not None:
+            for r in group:
+                cancels.clear(r.rid)
 
 
 def cut(text: str, stop: tuple) -> str:

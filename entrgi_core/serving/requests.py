@@ -63,6 +63,7 @@ class ServeRequest:
     temperature: float | None = None       # None: the server config's
     stop: tuple = ()                       # the returned texts are cut before the first of these
     extra: dict = field(default_factory=dict)
+    rid: str = ""                          # the server's id for it (a client that leaves is marked by it)
 
     def make_guidance(self):
         """A fresh strategy object (each batch gets its own)."""
