@@ -12,12 +12,12 @@ _WHERE = {                                   # public name -> the module that de
     "DiffusionLM": "models", "DiffusionModel": "models", "DreamLM": "models", "LLaDALM": "models",
     "MaskedLM": "models", "OwnLoopLM": "models", "RelaxOutput": "ops", "extension_available": "ops",
     "relax_embeddings": "ops", "relax_embeddings_reference": "ops", "GenerationResult": "result",
-    "generate": "sampler",
+    "generate": "sampler", "generate_steps": "sampler",
 }
 
 __all__ = [
     "DenoiseConfig", "DiffusionModel", "DiffusionLM", "OwnLoopLM", "DreamLM", "LLaDALM", "MaskedLM",
-    "GenerationResult", "generate", "InputError", "NonFiniteLogitsError",
+    "GenerationResult", "generate", "generate_steps", "InputError", "NonFiniteLogitsError",
     "RelaxOutput", "extension_available", "relax_embeddings", "relax_embeddings_reference", "__version__",
 ]
 

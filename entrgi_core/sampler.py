@@ -69,6 +69,18 @@ def generate(model, prompts: list[str], *, reward=None, guidance=None, config: D
     return with_baseline(res, run(baseline_plan, batch)) if baseline else res
 
 
+def generate_steps(model, prompts: list[str], *, reward=None, guidance=None, config: DenoiseConfig | None = None,
+                   prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None,
+                   seeds: list[int] | None = None):
+    """``generate``, one denoising step at a time, in the caller's thread: a generator that yields
+    ``(index, tokens)`` after each step (as ``on_step`` gets them) and returns the
+    ``GenerationResult`` (``StopIteration.value``). Closing it stops the generation. The arguments
+    are checked now, before any compute. A model that runs its own loop (``OwnLoopLM``) yields no
+    steps, only its result."""
+    plan = Plan.check(model, reward, guidance, config, select=select, judges=judges)
+    return run_steps(plan, plan.batch(prompts, prompt_ids, seeds=seeds), diagnose=diagnose)
+
+
 def best_of_n_plan(plan: Plan) -> Plan:
     """The unguided plan with ``plan``'s model, reward, selector, judges and sampler: Best-of-N at
     the same K and seeds. Refused (before any compute) for a plan that is unguided already."""
@@ -92,11 +104,24 @@ def with_baseline(res: GenerationResult, bon: GenerationResult) -> GenerationRes
 
 def run(plan: Plan, batch: Batch, *, diagnose: bool = False, on_step=None) -> GenerationResult:
     """One generation of a checked ``plan`` over a checked ``batch`` (``on_step``: see ``generate``)."""
+    steps = run_steps(plan, batch, diagnose=diagnose)
+    while True:
+        try:
+            index, tokens = next(steps)
+        except StopIteration as done:
+            return done.value
+        if on_step is not None:
+            on_step(index, tokens)
+
+
+def run_steps(plan: Plan, batch: Batch, *, diagnose: bool = False):
+    """``run`` as a generator: yields ``(index, tokens)`` after each denoising step (none for a model
+    that runs its own loop) and returns the ``GenerationResult``."""
     started = time.perf_counter()
     if isinstance(plan.model, OwnLoopLM):
         rollout = plan.model.sample(plan, batch, diagnose=diagnose)
     else:
-        rollout = denoise(plan, batch, diagnose=diagnose, on_step=on_step)
+        rollout = yield from denoise_steps(plan, batch, diagnose=diagnose)
     return finish(plan, batch, rollout, started)
 
 
@@ -125,16 +150,17 @@ class Rows:
         return self.ids[:, self.width:]            # (R, L) view
 
 
-def denoise(plan: Plan, batch: Batch, *, diagnose: bool = False, on_step=None) -> Rollout:
+def denoise_steps(plan: Plan, batch: Batch, *, diagnose: bool = False):
     """entrgi's masked sampler over all rows of ``batch``: at most ``config.steps`` steps, fewer
-    when a parallel schedule leaves nothing masked earlier. ``on_step(index, tokens)`` after each."""
+    when a parallel schedule leaves nothing masked earlier. A generator: yields ``(index, tokens)``
+    after each step, tokens the responses (B, K, L) as they stand (a view, valid until the next
+    step), and returns the ``Rollout``."""
     rows = start(plan, batch)
     k, length = plan.config.num_samples, plan.config.max_new_tokens
     for index in range(plan.config.steps):
         if not step(plan, rows, index, diagnose=diagnose):
             break
-        if on_step is not None:
-            on_step(index, rows.response.view(len(batch), k, length))
+        yield index, rows.response.view(len(batch), k, length)
     return rollout(plan, batch, rows, diagnose=diagnose)
 
 
