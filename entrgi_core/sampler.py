@@ -72,13 +72,46 @@ def generate(model, prompts: list[str], *, reward=None, guidance=None, config: D
 def generate_steps(model, prompts: list[str], *, reward=None, guidance=None, config: DenoiseConfig | None = None,
                    prompt_ids: list | None = None, diagnose: bool = False, select=None, judges=None,
                    seeds: list[int] | None = None):
-    """``generate``, one denoising step at a time, in the caller's thread: a generator that yields
-    ``(index, tokens)`` after each step (as ``on_step`` gets them) and returns the
-    ``GenerationResult`` (``StopIteration.value``). Closing it stops the generation. The arguments
-    are checked now, before any compute. A model that runs its own loop (``OwnLoopLM``) yields no
-    steps, only its result."""
+    """``generate``, one denoising step at a time, in the caller's thread: ``Steps`` to iterate,
+    ``(index, tokens)`` after each step (as ``on_step`` gets them), then ``.result``::
+
+        steps = generate_steps(model, prompts, reward=rm, guidance=EntRGi())
+        for index, tokens in steps:
+            ...                                   # stream the canvas; steps.close() stops early
+        res = steps.result
+
+    The arguments are checked now, before any compute. A model that runs its own loop
+    (``OwnLoopLM``) gives no steps, only its result."""
     plan = Plan.check(model, reward, guidance, config, select=select, judges=judges)
-    return run_steps(plan, plan.batch(prompts, prompt_ids, seeds=seeds), diagnose=diagnose)
+    return Steps(run_steps(plan, plan.batch(prompts, prompt_ids, seeds=seeds), diagnose=diagnose))
+
+
+class Steps:
+    """A generation's denoising steps, ``(index, tokens)`` each (tokens (B, K, L): a view, valid
+    until the next step), and its ``result`` once they are done."""
+
+    def __init__(self, steps):
+        self._steps, self._result, self._done = steps, None, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._steps)
+        except StopIteration as done:
+            self._result, self._done = done.value, True
+            raise StopIteration from None
+
+    @property
+    def result(self) -> GenerationResult:
+        if not self._done:
+            raise RuntimeError("Steps.result: the generation has steps left (iterate to the end first)")
+        return self._result
+
+    def close(self) -> None:
+        """Stop the generation here (no result)."""
+        self._steps.close()
 
 
 def best_of_n_plan(plan: Plan) -> Plan:
@@ -104,14 +137,11 @@ def with_baseline(res: GenerationResult, bon: GenerationResult) -> GenerationRes
 
 def run(plan: Plan, batch: Batch, *, diagnose: bool = False, on_step=None) -> GenerationResult:
     """One generation of a checked ``plan`` over a checked ``batch`` (``on_step``: see ``generate``)."""
-    steps = run_steps(plan, batch, diagnose=diagnose)
-    while True:
-        try:
-            index, tokens = next(steps)
-        except StopIteration as done:
-            return done.value
+    steps = Steps(run_steps(plan, batch, diagnose=diagnose))
+    for index, tokens in steps:
         if on_step is not None:
             on_step(index, tokens)
+    return steps.result
 
 
 def run_steps(plan: Plan, batch: Batch, *, diagnose: bool = False):

@@ -295,20 +295,16 @@ def test_on_step_sees_each_steps_canvas_and_can_stop_the_generation(dlm, rm):
         generate(dlm, PROMPTS[:1], reward=rm, guidance=EntRGi(steps=1), config=SMALL, on_step=on_step, baseline=True)
 
 
-def test_generate_steps_yields_what_on_step_sees_and_returns_generates_result(dlm, rm):
+def test_generate_steps_gives_what_on_step_sees_and_then_generates_result(dlm, rm):
     from entrgi_core import generate_steps
     seen = []
     res = generate(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL,
                    on_step=lambda i, t: seen.append((i, t.clone())))
     steps = generate_steps(dlm, PROMPTS[:2], reward=rm, guidance=EntRGi(steps=1), config=SMALL)
-    got = []
-    while True:
-        try:
-            index, tokens = next(steps)
-        except StopIteration as done:
-            out = done.value
-            break
-        got.append((index, tokens.clone()))
+    with pytest.raises(RuntimeError, match="the generation has steps left"):
+        steps.result
+    got = [(index, tokens.clone()) for index, tokens in steps]
+    out = steps.result
     assert [i for i, _ in got] == [i for i, _ in seen] and all(torch.equal(a, b) for (_, a), (_, b) in zip(got, seen))
     assert torch.equal(out.tokens, res.tokens) and torch.equal(out.rewards, res.rewards)
     with pytest.raises(InputError, match="top_p"):                    # checked at the call, before any compute

@@ -37,8 +37,7 @@ def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=()
 
 
 def request_steps(model, reward, base, requests: list[ServeRequest], *, judges=(), select=None):
-    """``run_requests`` one denoising step at a time (``generate_steps``): yields ``(index, tokens)``
-    and returns the result."""
+    """``run_requests`` one denoising step at a time (``generate_steps``: iterate, then ``.result``)."""
     from entrgi_core.sampler import generate_steps
 
     return generate_steps(model, **_generate_args(reward, base, requests, judges, select))
@@ -94,12 +93,7 @@ def answer(model, reward, base, requests: list[ServeRequest], *, name: str, judg
         out = list(blank)
         try:                                  # in this thread: torch's CPU ops ran 2x slower in a thread of their own
             steps = request_steps(model, reward, base, group, judges=judges, select=select)
-            while True:
-                try:
-                    index, tokens = next(steps)
-                except StopIteration as done:
-                    res = done.value
-                    break
+            for index, tokens in steps:
                 if cancels is not None and all(gone(r) for r in group):
                     steps.close()
                     raise ClientsLeft(index)
@@ -110,6 +104,7 @@ def answer(model, reward, base, requests: list[ServeRequest], *, name: str, judg
                         step[live[j]] = events.step_line(index, group[j].steps,
                                                          [events.canvas_text(model, ids) for ids in rows[s]])
                     yield step
+            res = steps.result
             for j, i in enumerate(live):
                 response = respond(group[j], res, j, name)
                 response["entrgi"]["batch"] = {"requests": len(requests), "generate": len(live)}
