@@ -129,7 +129,7 @@ def test_errors_that_are_not_bad_input_keep_their_traceback(cli_config, monkeypa
     def broken(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(sampler, "denoise", broken)
+    monkeypatch.setattr(sampler, "denoise_steps", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         predict(cli_config)
     from entrgi_core.cli import user_error
