@@ -120,7 +120,7 @@ class EntrgiLM(LM):
         return body
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from entrgi_core.serving.batch import compatible, respond, run_requests
+        from entrgi_core.serving.batch import groups, respond, run_requests
         from entrgi_core.serving.requests import RequestError, parse_completion
 
         parsed = []
@@ -131,10 +131,7 @@ class EntrgiLM(LM):
             except RequestError as exc:
                 raise InputError(f"EntrgiLM: request {len(parsed)}: {exc.message}") from None
         out: list[str | None] = [None] * len(parsed)
-        groups: dict = {}
-        for i, r in enumerate(parsed):
-            groups.setdefault(compatible(r), []).append(i)
-        for members in groups.values():
+        for members in groups(parsed):
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start: start + self.batch_size]
                 res = run_requests(self.model, self.reward, self.base, [parsed[i] for i in chunk],

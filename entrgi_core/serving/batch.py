@@ -28,6 +28,15 @@ def compatible(request: ServeRequest) -> tuple:
             json.dumps(request.guidance, sort_keys=True))
 
 
+def groups(requests: list[ServeRequest]) -> list[list[int]]:
+    """The indices of ``requests`` grouped by ``compatible`` key (groups in order of first
+    appearance, each in request order): each group can run as one ``generate``."""
+    by_key: dict = {}
+    for i, r in enumerate(requests):
+        by_key.setdefault(compatible(r), []).append(i)
+    return list(by_key.values())
+
+
 def run_requests(model, reward, base, requests: list[ServeRequest], *, judges=(), select=None, on_step=None):
     """One ``generate`` over compatible ``requests`` (``compatible`` equal for all); returns its result,
     prompt b being request b (``on_step``: ``generate``'s)."""
@@ -67,61 +76,59 @@ def answer(model, reward, base, requests: list[ServeRequest], *, name: str, judg
     (``cancels``, a ``Cancellations``) before its group starts is dropped, and a generate all of
     whose clients left stops after its current step. ``log`` (default: stderr) gets one line each
     time work is dropped or stopped."""
-    from entrgi_core.errors import InputError
-
     say = log or (lambda line: print(f"[entrgi serve] {line}", file=sys.stderr, flush=True))
     gone = (lambda r: cancels.gone(r.rid)) if cancels is not None else (lambda r: False)
-    blank = [""] * len(requests)
-    groups: dict = {}
-    for i, r in enumerate(requests):
-        groups.setdefault(compatible(r), []).append(i)
-    for members in groups.values():
+    for members in groups(requests):
         live = [i for i in members if not gone(requests[i])]
         if len(live) < len(members):
             say(f"dropped {len(members) - len(live)} queued request(s) whose clients disconnected")
-            out = list(blank)
-            for i in set(members) - set(live):
-                out[i] = events.error_line(499, "the client disconnected")
-            yield out
-        if cancels is not None:                # marks of dropped requests are read; the rest after their run
-            for i in set(members) - set(live):
+            yield [events.error_line(499, "the client disconnected") if i in members and i not in live else ""
+                   for i in range(len(requests))]
+        if live:
+            yield from _answer_group(model, reward, base, requests, live, name=name, judges=judges, select=select,
+                                     gone=gone if cancels is not None else None, say=say)
+        if cancels is not None:                # every mark of this group is read now
+            for i in members:
                 cancels.clear(requests[i].rid)
-        if not live:
-            continue
-        group = [requests[i] for i in live]
-        streaming = [j for j, r in enumerate(group) if r.stream]
-        out = list(blank)
-        try:                                  # in this thread: torch's CPU ops ran 2x slower in a thread of their own
-            steps = request_steps(model, reward, base, group, judges=judges, select=select)
-            for index, tokens in steps:
-                if cancels is not None and all(gone(r) for r in group):
-                    steps.close()
-                    raise ClientsLeft(index)
-                if streaming:
-                    rows = tokens[streaming].cpu().tolist()                # (S, K, L)
-                    step = list(blank)
-                    for s, j in enumerate(streaming):
-                        step[live[j]] = events.step_line(index, group[j].steps,
-                                                         [events.canvas_text(model, ids) for ids in rows[s]])
-                    yield step
-            res = steps.result
-            for j, i in enumerate(live):
-                response = respond(group[j], res, j, name)
-                response["entrgi"]["batch"] = {"requests": len(requests), "generate": len(live)}
-                out[i] = events.final_line(response)
-        except ClientsLeft as left:
-            say(f"stopped a generate of {len(live)} request(s) after step {left.args[0] + 1} of "
-                f"{group[0].steps}: every client disconnected")
-            for i in live:
-                out[i] = events.error_line(499, "the client disconnected")
-        except Exception as exc:              # this group fails alone, with one line (the others go on)
-            status = 422 if isinstance(exc, InputError) else 500
-            for i in live:
-                out[i] = events.error_line(status, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
-        yield out
-        if cancels is not None:
-            for r in group:
-                cancels.clear(r.rid)
+
+
+def _answer_group(model, reward, base, requests, live: list[int], *, name, judges, select, gone, say):
+    """``answer`` for one compatible group ``live`` (indices into ``requests``): step lines while it
+    runs, then its final or error lines. ``gone`` (None: no client can leave) stops the generate
+    when every request of the group is gone."""
+    from entrgi_core.errors import InputError
+
+    group = [requests[i] for i in live]
+    streaming = [j for j, r in enumerate(group) if r.stream]
+    out = [""] * len(requests)
+    try:                                      # in this thread: torch's CPU ops ran 2x slower in a thread of their own
+        steps = request_steps(model, reward, base, group, judges=judges, select=select)
+        for index, tokens in steps:
+            if gone is not None and all(gone(r) for r in group):
+                steps.close()
+                raise ClientsLeft(index)
+            if streaming:
+                rows = tokens[streaming].cpu().tolist()                    # (S, K, L)
+                step = [""] * len(requests)
+                for s, j in enumerate(streaming):
+                    step[live[j]] = events.step_line(index, group[j].steps,
+                                                     [events.canvas_text(model, ids) for ids in rows[s]])
+                yield step
+        res = steps.result
+        for j, i in enumerate(live):
+            response = respond(group[j], res, j, name)
+            response["entrgi"]["batch"] = {"requests": len(requests), "generate": len(live)}
+            out[i] = events.final_line(response)
+    except ClientsLeft as left:
+        say(f"stopped a generate of {len(live)} request(s) after step {left.args[0] + 1} of "
+            f"{group[0].steps}: every client disconnected")
+        for i in live:
+            out[i] = events.error_line(499, "the client disconnected")
+    except Exception as exc:                  # this group fails alone, with one line (the others go on)
+        status = 422 if isinstance(exc, InputError) else 500
+        for i in live:
+            out[i] = events.error_line(status, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+    yield out
 
 
 def cut(text: str, stop: tuple) -> str:

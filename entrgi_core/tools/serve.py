@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import replace
 
+from entrgi_core.serving.events import final_chunks, sse, step_chunk
 from entrgi_core.serving.requests import (
     ALLOWED,
     RequestError,
@@ -90,8 +91,6 @@ class _Answer:
             await self.line({"error": [500, "the worker ended without an answer (the server's log says why)"]})
 
     async def _event(self, payload, *, last: bool = False) -> None:
-        from entrgi_core.serving.events import sse
-
         if not self.started:
             self.started = True
             await self.send({"type": "http.response.start", "status": 200,
@@ -99,8 +98,6 @@ class _Answer:
         await self.send({"type": "http.response.body", "body": sse(payload), "more_body": not last})
 
     async def line(self, event: dict) -> None:
-        from entrgi_core.serving.events import final_chunks, step_chunk
-
         if self.done:
             return
         if "step" in event:
